@@ -1,0 +1,15 @@
+"""rlgauge's harness: everything that is not an algorithm or a benchmark.
+
+Modules (see DESIGN.md):
+
+- ``registry``    -- the named things rlgauge can run (backends, algorithms) and why one is missing
+- ``devices``     -- which devices exist here; device synchronisation for honest timing
+- ``results``     -- the tidy results schema, validation, atomic writes, provenance
+- ``torchrl_ext`` -- detects and rebuilds torchrl's C++ extension (prioritized replay)
+- ``doctor``      -- the environment report behind ``python -m harness doctor``
+- ``cli``         -- ``python -m harness ...`` / ``rlgauge ...``; the only module that prints
+
+Importing ``harness`` is cheap: no torch or torchrl import happens until a function needs it.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,153 @@
+"""``python -m harness`` / ``rlgauge``: the command line. The only module that prints or exits.
+
+Subcommands::
+
+    doctor      versions, torchrl extension, MuJoCo, envpool, GPUs: paste into bug reports
+    list        registered algorithms, backends (with their tasks) and devices available here
+    table DIR   a results directory (or file) as a table: markdown, csv or html
+    build-ext   make torchrl's C++ extension load (rebuilds it against the installed torch)
+
+Bad input (unknown subcommand or option, a path that is not a results file...) prints one line
+naming the bad value and what is valid, and exits 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import ResultsError, UsageError
+
+PROG = "rlgauge"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D102 -- argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="rlgauge: benchmark and test harness for RL on torchrl.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    sub.add_parser("doctor", help="environment report for bug reports; exit 1 if the default "
+                                  "run cannot work here")
+    sub.add_parser("list", help="algorithms, backends, tasks and devices available here")
+
+    t = sub.add_parser("table", help="show a results directory or file as a table")
+    t.add_argument("path", type=Path, help="results directory (every *.csv results file below "
+                                            "it) or one results file")
+    t.add_argument("--format", choices=("markdown", "csv", "html"), default="markdown")
+    t.add_argument("--out", type=Path, help="also write the table to this file (atomically)")
+
+    b = sub.add_parser("build-ext", help="make torchrl's C++ extension load (prioritized replay "
+                                         "buffers): rebuild it against the installed torch, "
+                                         "cached per (torch, torchrl)")
+    b.add_argument("--force", action="store_true", help="rebuild even if it loads")
+    b.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    return p
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_doctor(args) -> int:
+    from harness import doctor
+
+    rows = doctor.checks()
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
+        print(f"{mark} {r.name:<{width}}  {r.detail}")
+    bad = [r for r in rows if r.required and not r.ok]
+    if bad:
+        print(f"\n{len(bad)} problem(s) stop the default run: "
+              + "; ".join(f"{r.name}: {r.detail}" for r in bad))
+        return 1
+    print("\neverything the default run needs works here")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from harness import devices, registry
+
+    registry.load_builtins()
+    print("algorithms:")
+    _print_entries(registry.ALGORITHMS)
+    print("backends:")
+    _print_entries(registry.BACKENDS)
+    print("devices:")
+    print("  " + ", ".join(devices.available_devices()))
+    return 0
+
+
+def _print_entries(reg) -> None:
+    if not len(reg):
+        print("  (none registered yet)")
+        return
+    width = max(len(e.name) for e in reg)
+    for e in reg:
+        reason = reg.unavailable_reason(e.name)
+        state = "available" if reason is None else f"UNAVAILABLE: {reason}"
+        desc = f" -- {e.description}" if e.description else ""
+        print(f"  {e.name:<{width}}  {state}{desc}")
+        tasks = getattr(e.value, "tasks", None)
+        if tasks:
+            print(f"  {'':<{width}}  tasks: {', '.join(tasks)}")
+
+
+def cmd_table(args) -> int:
+    from harness import report, results
+
+    if not args.path.exists():
+        raise UsageError(f"results path {str(args.path)!r} does not exist; give a results "
+                         f"directory or a results .csv file")
+    if args.path.is_file():
+        frame, errors = results.load(args.path), []  # a bad file raises: one line, exit 2
+    else:
+        frame, errors = results.load_many(args.path)
+    for err in errors:
+        print(f"{PROG}: skipped {err}", file=sys.stderr)
+    if frame.empty:
+        if errors:  # nothing readable at all: that is the user's error
+            raise UsageError(f"no readable results under {str(args.path)!r} ({len(errors)} bad "
+                             f"file(s), listed above)")
+        raise UsageError(f"no rlgauge results files under {str(args.path)!r}")
+    text = report.render(report.summary(frame), args.format)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        results.atomic_write_text(args.out, text + "\n")
+    return 1 if errors else 0
+
+
+def cmd_build_ext(args) -> int:
+    from harness import torchrl_ext
+
+    try:
+        print(torchrl_ext.ensure(force=args.force, verbose=args.verbose))
+    except RuntimeError as exc:
+        print(f"{PROG}: build-ext failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"doctor": cmd_doctor, "list": cmd_list, "table": cmd_table,
+            "build-ext": cmd_build_ext}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ResultsError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,175 @@
+"""The environment report behind ``python -m harness doctor``: one screen for a bug report.
+
+Each check imports and exercises one thing (a library, torchrl's extension, an env) and never
+raises: a failure becomes a row with its reason. ``required`` rows are what the default run
+(``nox -s bench``) needs; the CLI exits non-zero when one of them fails.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    detail: str
+    ok: bool
+    required: bool = True
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _guard(name: str, required: bool, fn: Callable[[], str]) -> Check:
+    try:
+        return Check(name, fn(), True, required)
+    except Exception as exc:  # the report must survive any broken library
+        msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:200]
+        return Check(name, msg, False, required)
+
+
+def _python() -> str:
+    return f"{platform.python_version()} ({sys.executable})"
+
+
+def _machine() -> str:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    mem = ""
+    if hasattr(os, "sysconf"):
+        gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        mem = f", {gib:.0f} GiB RAM"
+    return (f"{platform.system()} {platform.release()} {platform.machine()}, "
+            f"{os.cpu_count()} CPUs ({affinity} usable){mem}")
+
+
+def _torch() -> str:
+    import torch
+
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
+    omp = os.environ.get("OMP_NUM_THREADS", "unset")
+    return (f"{torch.__version__} ({build}); threads={torch.get_num_threads()}, "
+            f"OMP_NUM_THREADS={omp}")
+
+
+def _gpus() -> str:
+    from harness import devices
+
+    names = devices.gpu_names()
+    if not names:
+        return "none (CUDA cases skip)"
+    return "; ".join(f"cuda:{i} {n}" for i, n in enumerate(names))
+
+
+def _plain(module: str, dist: str) -> Callable[[], str]:
+    def check() -> str:
+        __import__(module)
+        return _version(dist) or "?"
+
+    return check
+
+
+def _extension() -> str:
+    from harness import torchrl_ext
+
+    st = torchrl_ext.status()
+    if not st.ok:
+        raise RuntimeError(f"{st.detail} -- fix: python -m harness build-ext")
+    # end to end: what the extension is for
+    import torch
+    from torchrl.data import LazyTensorStorage, PrioritizedReplayBuffer
+
+    rb = PrioritizedReplayBuffer(alpha=0.7, beta=0.5, storage=LazyTensorStorage(16))
+    rb.extend(torch.arange(16))
+    _, info = rb.sample(4, return_info=True)
+    rb.update_priority(info["index"], torch.ones(4))
+    return f"{st.detail}; PrioritizedReplayBuffer samples and updates ({st.path.name})"
+
+
+def _gymnasium() -> str:
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    env.close()
+    return f"{gym.__version__} (CartPole-v1 steps)"
+
+
+def _mujoco() -> str:
+    import mujoco
+
+    major = int(mujoco.__version__.split(".")[0])
+    if major >= 4:
+        raise RuntimeError(f"mujoco {mujoco.__version__}: dm_control 1.0.50 needs mujoco 3.x")
+    return mujoco.__version__
+
+
+def _dm_control() -> str:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from dm_control import suite
+
+    env = suite.load("cartpole", "swingup", task_kwargs={"random": 0})
+    env.reset()
+    env.step([0.0])
+    return f"{_version('dm_control')} (cartpole-swingup steps; MUJOCO_GL={os.environ['MUJOCO_GL']})"
+
+
+def _envpool() -> str:
+    import envpool
+
+    env = envpool.make_gymnasium("CartPole-v1", num_envs=2)
+    env.reset()
+    env.close()
+    return f"{_version('envpool')} (CartPole-v1 x2 steps)"
+
+
+def _pins() -> str:
+    """Installed versions vs constraints.txt of the checkout this harness comes from."""
+    path = Path(__file__).resolve().parent.parent / "constraints.txt"
+    if not path.exists():
+        return "no constraints.txt beside this install (not a checkout)"
+    off = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" not in line:
+            continue
+        name, want = (x.strip() for x in line.split("==", 1))
+        have = _version(name)
+        if have is not None and have.split("+")[0] != want.split("+")[0]:
+            off.append(f"{name} {have} (pinned {want})")
+    if off:
+        raise RuntimeError("differs from constraints.txt: " + ", ".join(off))
+    return f"installed versions match {path.name}"
+
+
+def checks() -> list[Check]:
+    """Every row of the report, in display order."""
+    return [
+        _guard("python", True, _python),
+        _guard("machine", True, _machine),
+        # read before the dm_control check defaults it to egl
+        Check("MUJOCO_GL", os.environ.get("MUJOCO_GL", "unset (defaults to egl: headless)"),
+              True, False),
+        _guard("torch", True, _torch),
+        _guard("tensordict", True, _plain("tensordict", "tensordict")),
+        _guard("torchrl", True, _plain("torchrl", "torchrl")),
+        _guard("torchrl extension", True, _extension),
+        _guard("gymnasium", True, _gymnasium),
+        _guard("mujoco", True, _mujoco),
+        _guard("dm_control", True, _dm_control),
+        _guard("envpool", False, _envpool),
+        _guard("pandas", True, _plain("pandas", "pandas")),
+        _guard("GPUs", False, _gpus),
+        _guard("pins", False, _pins),
+    ]

@@ -1,0 +1,134 @@
+"""nox sessions: ``nox -l`` lists them. Logic lives in the package; sessions only install and call.
+
+Every session installs the pinned dependency set (names: pyproject extras; versions:
+constraints.txt) into its own venv, then makes torchrl's C++ extension load
+(``python -m harness build-ext``, cached per torch/torchrl pair).
+
+Environment variables:
+    RLGAUGE_TORCH        torch requirement replacing the CPU pin, e.g. ``torch==2.13.0+cu130``,
+                         ``torch==2.12.1`` or a path/URL to a wheel (README: "your own torch")
+    RLGAUGE_TORCH_INDEX  extra package index for that torch, e.g.
+                         https://download.pytorch.org/whl/cu130
+    RLGAUGE_MACHINE      machine name recorded with results (default: hostname)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["tests"]
+
+PYTHON = "3.11"
+ROOT = Path(__file__).parent
+CONSTRAINTS = ROOT / "constraints.txt"
+ASV_MACHINE = os.environ.get("RLGAUGE_MACHINE") or platform.node() or "local"
+
+
+def _pip_find_links() -> str:
+    """The wheelhouse that holds the torch CPU wheel, as configured for pip."""
+    links = os.environ.get("PIP_FIND_LINKS", "")
+    if not links:
+        try:
+            links = subprocess.run(
+                [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+                capture_output=True, text=True, check=False,
+            ).stdout.strip()
+        except OSError:
+            links = ""
+    return links
+
+
+# uv reads neither pip.conf nor PIP_*: hand it pip's wheelhouse, else `torch==2.13.0` resolves to
+# the registry's CUDA build (~3 GB).
+if _pip_find_links():
+    os.environ.setdefault("UV_FIND_LINKS", _pip_find_links())
+# uv does not byte-compile on install, and this machine sets PYTHONDONTWRITEBYTECODE=1: without
+# this every process recompiles torch/torchrl (import torchrl 6.6 s instead of 2.6 s).
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo / dm_control (Mesa EGL, no GPU)
+
+
+def _constraints(session: nox.Session) -> str:
+    """constraints.txt, minus its torch pin when RLGAUGE_TORCH names another torch."""
+    if not os.environ.get("RLGAUGE_TORCH"):
+        return str(CONSTRAINTS)
+    lines = [ln for ln in CONSTRAINTS.read_text().splitlines()
+             if not ln.replace(" ", "").lower().startswith("torch==")]
+    path = Path(session.create_tmp()) / "constraints-own-torch.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def install(session: nox.Session, *extras: str) -> None:
+    """Pinned deps (torch first) + the project editable with its extras + torchrl's extension."""
+    constraints = _constraints(session)
+    own_torch = os.environ.get("RLGAUGE_TORCH")
+    index = os.environ.get("RLGAUGE_TORCH_INDEX")
+    torch_args = ["--extra-index-url", index] if index else []
+    # torch first, on its own, so that nothing later can re-resolve it
+    session.install("-c", constraints, *torch_args, own_torch or "torch==2.13.0")
+    session.install("-c", constraints, "-e", f".[{','.join(('run', *extras))}]")
+    if not own_torch and not index:
+        # fail fast (no torch import, ~0.1 s) if a CUDA build slipped in anyway
+        session.run("python", "-c", "import importlib.metadata as m; v = m.version('torch'); "
+                    "assert v.endswith('+cpu'), f'expected the pinned CPU torch, got {v}; set "
+                    "RLGAUGE_TORCH to use your own build'", silent=True)
+    session.run("python", "-m", "harness", "build-ext")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Fast test suite (slow learning tests excluded); `-- ARGS` replaces the pytest args."""
+    install(session, "test")
+    args = session.posargs or ["-m", "not slow", "--benchmark-disable", "-q"]
+    session.run("pytest", *args)
+
+
+def _asv_machine(session: nox.Session) -> None:
+    """Non-interactive `asv machine` with real fields (a bare --machine stores only the name)."""
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    session.run("asv", "machine", "--yes", "--machine", ASV_MACHINE,
+                "--os", f"{platform.system()} {platform.release()}", "--arch", platform.machine(),
+                "--cpu", cpu, "--num_cpu", str(os.cpu_count()), "--ram", str(ram), silent=True)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """asv suite on this checkout in this venv, saved under results/asv, HTML in results/html."""
+    install(session, "bench")
+    _asv_machine(session)
+    pos = list(session.posargs)
+    if pos and not pos[0].startswith("-"):  # an explicit asv subcommand: `-- compare A B`
+        session.run("asv", *pos)
+        return
+    # --python=same measures this venv (where the project is installed editable); results of an
+    # existing environment are saved only with --set-commit-hash.
+    head = session.run("git", "rev-parse", "HEAD", external=True, silent=True).strip()
+    session.run("asv", "run", "--python=same", "--set-commit-hash", head,
+                "--machine", ASV_MACHINE, "--show-stderr", *pos)
+    session.run("asv", "publish", silent=True)
+    html = ROOT / "results" / "html" / "index.html"
+    session.log(f"asv dashboard: {html}  (serve it with `asv preview`, or open the file)")
+    session.log(f"asv raw results: {ROOT / 'results' / 'asv' / ASV_MACHINE}")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff over the package, benchmarks, tests and this file."""
+    session.install("-c", str(CONSTRAINTS), "ruff")
+    session.run("ruff", "check", "harness", "reference_impls", "bench", "tests", "noxfile.py",
+                *session.posargs)
