@@ -65,7 +65,7 @@ def status() -> Status:
     try:
         import torchrl._torchrl as ext
     except ImportError as exc:
-        return Status(False, str(exc).splitlines()[0], path)
+        return Status(False, _short(str(exc).splitlines()[0]), path)
     try:
         tree = ext.SumSegmentTreeFp32(8)
         tree[0] = 1.0
@@ -74,6 +74,11 @@ def status() -> Status:
         return Status(False, f"loads but fails: {type(exc).__name__}: {exc}", path)
     cuda = hasattr(ext, "CudaSumSegmentTreeFp32")
     return Status(ok, "loads" + (" (with CUDA segment trees)" if cuda else ""), path, cuda)
+
+
+def _short(msg: str, limit: int = 160) -> str:
+    """Mangled C++ symbols run to hundreds of characters: keep the start."""
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 def probe_subprocess(python: str = sys.executable) -> tuple[bool, str]:
@@ -146,6 +151,9 @@ def build(dest: Path, *, verbose: bool = False) -> float:
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
+    """Copy to a temp file, then rename: ``dest`` gets a new inode. Never write through an
+    existing file: uv hard-links site-packages files to its cache, and writing into one would
+    change every venv made from that cache."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     os.close(fd)
     try:
