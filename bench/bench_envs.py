@@ -1,103 +1,165 @@
-"""Env stepping: the raw library loop vs the same env through torchrl's wrapper.
+"""Env stepping: the raw library loop vs the same task through ``harness.backends.make_env``.
 
-Both sides step the same task with uniformly random actions for ``STEPS`` steps, resetting
-finished episodes, in the same process; the ratio of the two is torchrl's wrapper overhead.
-``time_*`` is the gate metric; ``track_us_per_step`` is lower-is-better (asv reads bigger as
-worse), steps/s = 1e6 / value.
+One case per registered ``backend/task`` and ``num_envs`` in {1, 8}. Both sides step the task
+with uniformly random actions for ``STEPS`` batched steps from a fresh reset, restarting finished
+episodes, in the same process; the ratio of the two is what the torchrl wrapper costs.
+
+- ``raw``: the library's own loop. gymnasium: ``env.step`` (``num_envs=1``) or a
+  ``gymnasium.vector.SyncVectorEnv`` with its default auto-reset (``num_envs=8``); dm_control:
+  ``suite`` envs' ``step`` (a Python loop over the 8 envs: the suite has no vector env); envpool:
+  the pool's batched ``step`` (auto-resets natively). The probe backend has no raw library: its
+  ``raw`` cases are skipped and it is recorded through torchrl only.
+- ``torchrl``: ``make_env(...).rollout(STEPS, break_when_any_done=False)`` with random actions
+  (the env exactly as algorithms get it: batching chosen per backend, float32 observations).
+
+``time_steps`` is the gate metric (one call = ``STEPS`` batched steps, device synchronised
+inside the call); ``track_us_per_step`` is microseconds per *env* step (per transition, so
+``num_envs`` cases compare), lower is better, median of 3 calls; steps/s = 1e6 / value.
+
+Cost: ~80 runnable CPU cases; envs are built and warmed up in ``setup``, one call takes
+20-300 ms, ``rounds = 1`` and a short ``repeat`` keep the module to a few minutes on 2 cores.
+CPU simulators on a ``cuda`` device measure the host-to-device hand-over as well (the raw side
+has no device and is skipped there).
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
+import torch  # noqa: F401 -- imported once by asv's forkserver, not per benchmark process
+
 from bench.common import RLBenchmark, require_backend
+from harness import backends
+from harness.devices import synchronize
 
-STEPS = 500
+STEPS = 100  # batched steps per timed call
+NUM_ENVS = [1, 8]
+CASES = [f"{backend}/{task}" for backend, task in backends.pairs(available_only=False)]
 
 
-def _raw_gymnasium():
+def _raw_gymnasium(spec, num_envs: int, seed: int):
     import gymnasium as gym
-    import numpy as np
 
-    env = gym.make("CartPole-v1")
-    env.reset(seed=0)
-    actions = np.random.default_rng(0).integers(0, 2, size=STEPS)
+    if num_envs == 1:
+        env = backends.gym_make(spec)
+    else:
+        env = gym.vector.SyncVectorEnv([functools.partial(backends.gym_make, spec)] * num_envs)
+    space = env.action_space  # batched for the vector env
+    space.seed(seed)
+    actions = [space.sample() for _ in range(STEPS)]
 
     def run():
+        env.reset(seed=seed)
         for a in actions:
-            _, _, term, trunc, _ = env.step(int(a))
-            if term or trunc:
+            _, _, term, trunc, _ = env.step(a)
+            if num_envs == 1 and (term or trunc):
                 env.reset()
 
     return run, env.close
 
 
-def _raw_dm_control():
+def _raw_dm_control(spec, num_envs: int, seed: int):
     import numpy as np
     from dm_control import suite
 
-    env = suite.load("cartpole", "balance", task_kwargs={"random": 0})
-    env.reset()
-    spec = env.action_spec()
-    actions = np.random.default_rng(0).uniform(spec.minimum, spec.maximum,
-                                               size=(STEPS, *spec.shape))
+    envs = [suite.load(*spec.id, task_kwargs={"random": seed + i}) for i in range(num_envs)]
+    aspec = envs[0].action_spec()
+    actions = np.random.default_rng(seed).uniform(aspec.minimum, aspec.maximum,
+                                                  size=(STEPS, num_envs, *aspec.shape))
 
     def run():
-        for a in actions:
-            if env.step(a).last():
-                env.reset()
+        for env in envs:
+            env.reset()
+        for step_actions in actions:
+            for env, a in zip(envs, step_actions, strict=True):
+                if env.step(a).last():
+                    env.reset()
 
-    return run, lambda: None
+    return run, lambda: [env.close() for env in envs]
 
 
-def _torchrl(backend: str):
-    if backend == "gymnasium":
-        from torchrl.envs import GymEnv
+def _raw_envpool(spec, num_envs: int, seed: int):
+    import warnings
 
-        env = GymEnv("CartPole-v1")
+    import envpool
+    import numpy as np
+
+    with warnings.catch_warnings():  # float64 bounds of float32 Boxes
+        warnings.filterwarnings("ignore", message=".*precision lowered.*")
+        pool = envpool.make(spec.id, env_type="gymnasium", num_envs=num_envs, seed=seed,
+                            max_num_players=1)
+        space = pool.action_space
+    rng = np.random.default_rng(seed)
+    if hasattr(space, "n"):
+        actions = rng.integers(0, space.n, size=(STEPS, num_envs)).astype(np.int32)
     else:
-        from torchrl.envs import DMControlEnv
+        actions = rng.uniform(space.low, space.high,
+                              size=(STEPS, num_envs, *space.shape)).astype(space.dtype)
 
-        env = DMControlEnv("cartpole", "balance")
-    env.set_seed(0)
+    def run():
+        pool.reset()
+        for a in actions:
+            pool.step(a)
+
+    return run, pool.close
+
+
+RAW = {"gymnasium": _raw_gymnasium, "dm_control": _raw_dm_control, "envpool": _raw_envpool}
+
+
+def _torchrl(backend: str, task: str, num_envs: int, seed: int, device):
+    env = backends.make_env(backend, task, num_envs=num_envs, seed=seed, device=device)
 
     def run():
         env.rollout(STEPS, break_when_any_done=False)
+        synchronize(device)
 
     return run, env.close
 
 
 class EnvStep(RLBenchmark):
-    """CartPole stepping, raw library loop vs torchrl wrapper (CPU: these simulators are CPU)."""
+    """Random-action stepping of every backend/task: raw library loop vs torchrl's env."""
 
-    param_names = ("backend", "impl")
-    params = (["gymnasium", "dm_control"], ["raw", "torchrl"])
-    number = 1
-    repeat = (5, 20, 10.0)
-    warmup_time = 0.2
+    param_names = (*RLBenchmark.param_names, "case", "num_envs", "impl")
+    params = (*RLBenchmark.params, CASES, NUM_ENVS, ["raw", "torchrl"])
+    number = 1  # a call consumes env state
+    repeat = (3, 5, 2.0)
+    rounds = 1
+    warmup_time = 0.0  # setup warms up
+    timeout = 120
 
-    def setup(self, backend, impl):
-        super().setup("cpu")
+    def setup(self, device, case, num_envs, impl):
+        super().setup(device)
+        backend, task = case.split("/", 1)
         require_backend(backend)
+        if task not in backends.available_tasks(backend):
+            raise NotImplementedError(f"{case}: a library of the task is missing here")
         if impl == "raw":
-            self.run, self.close = _raw_gymnasium() if backend == "gymnasium" else _raw_dm_control()
+            if backend not in RAW:
+                raise NotImplementedError(f"{backend} has no raw library (torchrl only)")
+            if self.device.type != "cpu":
+                raise NotImplementedError("the raw libraries step on the CPU only")
+            spec = backends.get_task(backend, task)
+            self.run, self.close = RAW[backend](spec, num_envs, 0)
         else:
-            self.run, self.close = _torchrl(backend)
+            self.run, self.close = _torchrl(backend, task, num_envs, 0, self.device)
+        self.frames = STEPS * num_envs
         self.run()  # warm-up outside the timer
 
-    def teardown(self, backend, impl):
+    def teardown(self, device, case, num_envs, impl):
         self.close()
 
-    def time_steps(self, backend, impl):
+    def time_steps(self, device, case, num_envs, impl):
         self.run()
 
-    def track_us_per_step(self, backend, impl):
+    def track_us_per_step(self, device, case, num_envs, impl):
         samples = []
-        for _ in range(5):
-            t0 = time.perf_counter()
+        for _ in range(3):
+            start = time.perf_counter()
             self.run()
-            samples.append(time.perf_counter() - t0)
-        return 1e6 * statistics.median(samples) / STEPS
+            samples.append(time.perf_counter() - start)
+        return 1e6 * statistics.median(samples) / self.frames
 
     track_us_per_step.unit = "us/step"

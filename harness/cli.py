@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
                                          "cached per (torch, torchrl)")
     b.add_argument("--force", action="store_true", help="rebuild even if it loads")
     b.add_argument("--verbose", action="store_true", help="show the compiler commands")
+
+    e = sub.add_parser("env", help="build one env, check its specs and time a random rollout")
+    e.add_argument("backend", help="env backend (see 'list')")
+    e.add_argument("task", help="task of that backend (see 'list')")
+    e.add_argument("--device", default="cpu", help="device of the env's tensors (default: cpu)")
+    e.add_argument("--num-envs", type=int, default=1, help="batched sub-envs (default: 1)")
+    e.add_argument("--steps", type=int, default=200, help="random rollout length (default: 200)")
+    e.add_argument("--seed", type=int, default=0, help="env and action seed (default: 0)")
     return p
 
 
@@ -137,8 +145,60 @@ def cmd_build_ext(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    import logging
+    import time
+
+    from harness import backends, registry
+    from harness.devices import synchronize
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    registry.load_builtins()
+    env = backends.make_env(args.backend, args.task, device=args.device,
+                            num_envs=args.num_envs, seed=args.seed)  # bad names: UsageError
+    logging.getLogger("torchrl").setLevel(logging.WARNING)  # check_env_specs logs to stdout
+    import torch
+    from torchrl.envs.utils import check_env_specs
+
+    spec = backends.get_task(args.backend, args.task)
+    native = registry.BACKENDS.get(args.backend).value.device_native
+    obs, act = env.observation_spec["observation"], env.action_spec
+    print(f"env          {args.backend}/{args.task} ({spec.id}, {spec.action_kind} actions)")
+    print(f"batch        {list(env.batch_size)} on {env.device} (simulator on "
+          f"{env.device if native else 'cpu'})")
+    print(f"observation  {str(obs.dtype).removeprefix('torch.')} {list(obs.shape)}")
+    bounds = (f" in [{act.space.low.min().item():g}, {act.space.high.max().item():g}]"
+              if hasattr(act.space, "low") else f" n={act.space.n}" if hasattr(act.space, "n")
+              else "")
+    print(f"action       {type(act).__name__} {str(act.dtype).removeprefix('torch.')} "
+          f"{list(act.shape)}{bounds}")
+    try:
+        try:
+            check_env_specs(env, seed=args.seed)
+        except (AssertionError, RuntimeError, KeyError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"specs        FAILED check_env_specs: {msg}")
+            return 1
+        print("specs        check_env_specs ok")
+        torch.manual_seed(args.seed)
+        env.rollout(min(args.steps, 10), break_when_any_done=False)  # warm-up
+        synchronize(env.device)
+        start = time.perf_counter()
+        data = env.rollout(args.steps, break_when_any_done=False)
+        synchronize(env.device)
+        elapsed = time.perf_counter() - start
+    finally:
+        env.close()
+    frames = args.steps * env.batch_size.numel()
+    ended = int(data["next", "done"].sum())
+    print(f"rollout      {args.steps} steps x {env.batch_size.numel()} envs in {elapsed:.3f} s: "
+          f"{frames / elapsed:,.0f} env-steps/s, {ended} episode(s) ended")
+    return 0
+
+
 COMMANDS = {"doctor": cmd_doctor, "list": cmd_list, "table": cmd_table,
-            "build-ext": cmd_build_ext}
+            "build-ext": cmd_build_ext, "env": cmd_env}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
