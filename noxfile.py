@@ -92,6 +92,14 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *args)
 
 
+@nox.session(python=PYTHON, default=False)
+def learning(session: nox.Session) -> None:
+    """Slow published-threshold learning tests (3 seeds each); table in results/learning/."""
+    install(session, "test")
+    session.run("pytest", "-m", "slow", "tests/test_learning.py", "-s", "-q",
+                *session.posargs)
+
+
 def _asv_machine(session: nox.Session) -> None:
     """Non-interactive `asv machine` with real fields (a bare --machine stores only the name)."""
     cpu = platform.machine()

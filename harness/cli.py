@@ -5,6 +5,9 @@ Subcommands::
     doctor      versions, torchrl extension, MuJoCo, envpool, GPUs: paste into bug reports
     list        registered algorithms, backends (with their tasks) and devices available here
     table DIR   a results directory (or file) as a table: markdown, csv or html
+    train ALGO  train one reference algorithm on one backend/task/device, with a progress bar
+    env B T     build one env, check its specs and time a random rollout
+    asv-table   the latest asv results as a Markdown table
     build-ext   make torchrl's C++ extension load (rebuilds it against the installed torch)
 
 Bad input (unknown subcommand or option, a path that is not a results file...) prints one line
@@ -50,6 +53,27 @@ def _parser() -> argparse.ArgumentParser:
                                          "cached per (torch, torchrl)")
     b.add_argument("--force", action="store_true", help="rebuild even if it loads")
     b.add_argument("--verbose", action="store_true", help="show the compiler commands")
+
+    a = sub.add_parser("asv-table", help="latest asv results of a machine as a Markdown table")
+    a.add_argument("results", nargs="?", type=Path, default=Path("results/asv"),
+                   help="asv results directory (default: results/asv)")
+    a.add_argument("--machine", help="asv machine name (default: every machine)")
+    a.add_argument("--out", type=Path, help="also write the table to this file (atomically)")
+
+    r = sub.add_parser("train", help="train one reference algorithm on one backend/task")
+    r.add_argument("algorithm", help="reference implementation (see 'list'): ppo, dqn, ...")
+    r.add_argument("--backend", default="gymnasium", help="env backend (default: gymnasium)")
+    r.add_argument("--task", default="cartpole", help="task of that backend (default: cartpole)")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    r.add_argument("--frames", type=int, help="env frames to train for (default: the "
+                                               "algorithm's budget for the task)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--num-envs", type=int, help="envs stepped as one batch (default: the "
+                                                 "algorithm's)")
+    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a Config field, e.g. --set lr=3e-4 --set hidden=128,128")
+    r.add_argument("--out", type=Path, default=Path("results/runs"),
+                   help="directory for the run's results file (default: results/runs)")
 
     e = sub.add_parser("env", help="build one env, check its specs and time a random rollout")
     e.add_argument("backend", help="env backend (see 'list')")
@@ -197,8 +221,68 @@ def cmd_env(args) -> int:
     return 0
 
 
+def cmd_asv_table(args) -> int:
+    from harness import asv_results, results
+
+    frame = asv_results.latest(asv_results.load(args.results, machine=args.machine))
+    if frame.empty:
+        raise UsageError(f"no asv results under {str(args.results)!r}"
+                         + (f" for machine {args.machine!r}" if args.machine else ""))
+    text = asv_results.markdown(frame)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        header = (f"# asv results: machine {', '.join(sorted(frame['machine'].unique()))}, "
+                  f"commit {', '.join(sorted(frame['commit'].unique()))}\n\n")
+        results.atomic_write_text(args.out, header + text + "\n")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from harness import results, training
+
+    spec = training.resolve_run(args.algorithm, backend=args.backend, task=args.task,
+                                device=args.device, frames=args.frames, seed=args.seed,
+                                num_envs=args.num_envs, overrides=args.set)
+    out = _writable_dir(args.out)
+    module, config = spec
+    from tqdm import tqdm
+
+    label = f"{args.algorithm} {config.backend}/{config.task} {config.device} seed {config.seed}"
+    with tqdm(total=config.frames, desc=label, unit="frame", unit_scale=True,
+              dynamic_ncols=True, file=sys.stderr) as bar:
+        def progress(done, total, info):
+            bar.total = total
+            bar.update(done - bar.n)
+            ret = info.get("return")
+            if ret is not None and ret == ret:
+                bar.set_postfix_str(f"return {ret:.1f}")
+
+        run = module.train(config, progress=progress)
+    path = out / f"{args.algorithm}-{config.backend}-{config.task}-{config.device}-" \
+                 f"s{config.seed}-{run.records['run_id'].iloc[0]}.csv"
+    results.save(run.records, path)
+    print(training.summary(run.records, config))
+    print(f"results: {path}")
+    return 0
+
+
+def _writable_dir(path: Path) -> Path:
+    """``path`` as an existing writable directory (created), or UsageError before any work."""
+    import os
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {str(path)!r} cannot be created: {exc.strerror}") from None
+    if not path.is_dir() or not os.access(path, os.W_OK):
+        raise UsageError(f"--out {str(path)!r} is not a writable directory")
+    return path
+
+
 COMMANDS = {"doctor": cmd_doctor, "list": cmd_list, "table": cmd_table,
-            "build-ext": cmd_build_ext, "env": cmd_env}
+            "build-ext": cmd_build_ext, "env": cmd_env, "asv-table": cmd_asv_table,
+            "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,7 +105,7 @@ def _reason(entry: Entry) -> str | None:
         except (ImportError, ValueError):
             found = False
         if not found:
-            return f"python package {module!r} is not installed"
+            return f"module {module!r} is not installed"
     if entry.check is not None:
         try:
             return entry.check()

@@ -1,6 +1,28 @@
 """Reference RL algorithms built from torchrl parts: one readable module per algorithm.
 
-Each module registers itself in ``harness.registry.ALGORITHMS`` with one call; this package's
-import registers the built-in ones (none yet: PPO, DQN, DDPG and the recurrent variants arrive
-with issue 4).
+Each module has a frozen ``Config``, ``config_for(backend, task, **overrides)``, ``make_env``,
+``make_modules``, ``make_loss``, ``train(config, progress=None) -> TrainResult`` and
+``LEARNING_TARGETS`` (published returns checked by ``nox -s learning``). The registrations below
+(module path + the action kinds it can act in) are what ``python -m harness list``, ``train``
+and the matrix read; importing this package does not import torchrl.
 """
+
+from harness.registry import ALGORITHMS
+
+
+def _register(name: str, kinds: tuple[str, ...], description: str) -> None:
+    module = f"reference_impls.{name}"
+    ALGORITHMS.register(name, module, action_kinds=kinds, description=description,
+                        requires=(module,))
+
+
+_register("ppo", ("discrete", "continuous"),
+          "PPO: clipped objective, GAE, minibatch epochs (Categorical / TanhNormal policy)")
+_register("dqn", ("discrete",),
+          "Double DQN: target network, epsilon-greedy annealing, uniform or prioritized replay")
+_register("ddpg", ("continuous",),
+          "DDPG: deterministic actor + Q critic, soft target updates, OU or Gaussian noise")
+_register("recurrent_dqn", ("discrete",),
+          "DQN with an LSTM Q-network over sequences (InitTracker, primer, SliceSampler)")
+_register("recurrent_ppo", ("discrete", "continuous"),
+          "PPO with an LSTM actor-critic over sequences")

@@ -1,0 +1,101 @@
+"""Published-threshold learning checks (``nox -s learning``): does each reference algorithm reach
+the return the literature reports, within the literature's frame budget?
+
+Each algorithm module lists its ``LEARNING_TARGETS`` (``harness.training.LearningTarget``). For a
+target, ``run_target`` trains one run per seed -- in parallel worker processes, one per core --
+evaluates the deterministic policy (``final_return``), saves every run's records atomically under
+``results/learning/runs/`` and returns one row per seed. ``table`` reduces the rows to the
+published-threshold table (per-seed and median return, pass/fail, wall time) that the session
+writes to ``results/learning/``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import statistics
+from pathlib import Path
+
+import pandas as pd
+
+from harness import results
+
+
+def targets() -> list[tuple[str, object]]:
+    """(algorithm, LearningTarget) for every registered algorithm available here."""
+    from harness import registry
+    from harness.training import algorithm_module
+
+    registry.load_builtins()
+    out = []
+    for name in registry.ALGORITHMS.available():
+        for target in getattr(algorithm_module(name), "LEARNING_TARGETS", ()):
+            out.append((name, target))
+    return out
+
+
+def _one_seed(algorithm: str, target, seed: int, runs_dir: str) -> dict:
+    import torch
+
+    from harness.training import algorithm_module
+
+    torch.set_num_threads(1)
+    module = algorithm_module(algorithm)
+    config = module.config_for(target.backend, target.task, frames=target.frames, seed=seed,
+                               **target.overrides)
+    run = module.train(config)
+    records = run.records
+    path = Path(runs_dir) / (f"{algorithm}-{target.backend}-{target.task}-s{seed}-"
+                             f"{records['run_id'].iloc[0]}.csv")
+    results.save(records, path)
+    values = records.groupby("metric")["value"].last()
+    return {"seed": seed, "final_return": float(values.get("final_return", float("nan"))),
+            "wall_time_s": float(values.get("wall_time_s", float("nan"))), "file": str(path)}
+
+
+def run_target(algorithm: str, target, *, seeds: int = 3, workers: int | None = None,
+               out_dir: str | Path = "results/learning") -> pd.DataFrame:
+    """Train ``seeds`` runs of ``algorithm`` on ``target``; one row per seed."""
+    runs_dir = Path(out_dir) / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(seeds, len(os.sched_getaffinity(0)))
+    ctx = mp.get_context("spawn")  # fresh interpreters: no state shared with the caller
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_one_seed, algorithm, target, s, str(runs_dir))
+                   for s in range(seeds)]
+        rows = [f.result() for f in futures]
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "algorithm", algorithm)
+    for col in ("backend", "task", "frames", "threshold", "source"):
+        frame[col] = getattr(target, col)
+    return frame
+
+
+def table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per (algorithm, task): budget, threshold, per-seed and median return, verdict."""
+    out = []
+    for (algo, backend, task), g in rows.groupby(["algorithm", "backend", "task"], sort=False):
+        returns = g.sort_values("seed")["final_return"].tolist()
+        median = statistics.median(returns)
+        threshold = g["threshold"].iloc[0]
+        out.append({
+            "algorithm": algo, "task": f"{backend}/{task}", "frames": int(g["frames"].iloc[0]),
+            "threshold": threshold, "source": g["source"].iloc[0],
+            "returns (per seed)": ", ".join(f"{r:.1f}" for r in returns),
+            "median": round(median, 1), "met": "yes" if median >= threshold else "NO",
+            "wall s (per seed, median)": round(statistics.median(g["wall_time_s"]), 1),
+        })
+    return pd.DataFrame(out)
+
+
+def write_table(rows: pd.DataFrame, out_dir: str | Path, machine: str) -> Path:
+    """Markdown + CSV of ``table(rows)`` under ``out_dir`` (atomic writes)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = table(rows)
+    md = out_dir / f"learning-{machine}.md"
+    results.atomic_write_text(md, "# Published-threshold learning results\n\n"
+                              + summary.to_markdown(index=False) + "\n")
+    results.atomic_write_text(out_dir / f"learning-{machine}.csv", summary.to_csv(index=False))
+    return md

@@ -1,0 +1,321 @@
+"""Plumbing shared by the reference implementations, so that none of them repeats it.
+
+- ``BaseConfig``: the fields every algorithm's frozen ``Config`` starts with (backend, task,
+  device, num_envs, frames, seed) and their validation against the registries.
+- ``TimedPolicy``: wraps a policy so that a ``Collector`` charges its forward passes to the
+  ``policy`` section; what the collector spends outside the policy is env stepping.
+- ``TrainLog``: collects curves (value at a frame count) and end-of-run scalars, and turns them
+  into tidy ``harness.results`` records with the run's context.
+- ``episode_returns``: the returns of the episodes that ended in a collected batch
+  (needs torchrl's ``RewardSum`` transform on the env).
+- ``evaluate``: deterministic-policy returns over whole episodes.
+
+Algorithms report progress through a ``progress(frames_done, frames_total, info)`` callback and
+never print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+
+from harness import results
+from harness.devices import synchronize
+from harness.errors import UsageError
+from harness.timing import Sections
+
+Progress = Callable[[int, int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """Fields every algorithm's Config has (each algorithm adds its hyper-parameters)."""
+
+    backend: str = "gymnasium"
+    """Env backend (``python -m harness list``): gymnasium, dm_control, envpool, probe."""
+    task: str = "cartpole"
+    """Logical task name within the backend (e.g. cartpole, pendulum, cartpole-swingup)."""
+    device: str = "cpu"
+    """Where policy, losses and buffers live: cpu, cuda, cuda:N. Envs run where their
+    backend runs; their outputs are moved to this device."""
+    num_envs: int = 1
+    """Environments stepped as one batch (the backend's vectorisation)."""
+    frames: int = 20_000
+    """Total env frames (steps summed over the batch) to collect: the training budget."""
+    seed: int = 0
+    """Seeds torch, the envs and the collector; same seed + config on CPU -> same returns."""
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def context(self, algorithm: str) -> dict:
+        """The results columns shared by every record of this run."""
+        return dict(algorithm=algorithm, backend=self.backend, task=self.task,
+                    device=self.device, num_envs=self.num_envs, seed=self.seed)
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the run's tidy records and the trained networks (for tests and
+    inspection: e.g. ``modules["critic"]`` of PPO, ``modules["qvalue"]`` of DQN)."""
+
+    records: pd.DataFrame
+    modules: dict[str, torch.nn.Module]
+
+
+def collector_frames(config) -> int:
+    """The budget rounded up to whole batches (what torchrl's Collector collects anyway)."""
+    per = config.frames_per_batch
+    return -(-config.frames // per) * per
+
+
+@dataclass(frozen=True)
+class LearningTarget:
+    """A published return an algorithm must reach on a real task within a frame budget
+    (``nox -s learning``: median over seeds of the deterministic-policy ``final_return``)."""
+
+    backend: str
+    task: str
+    frames: int
+    threshold: float
+    source: str = "RL Zoo"
+    overrides: dict = field(default_factory=dict)  # Config fields on top of config_for's preset
+
+
+class TimedPolicy(TensorDictModuleBase):
+    """``policy`` with its forward time charged to ``sections['policy']`` (device-synchronised)."""
+
+    def __init__(self, policy, sections: Sections):
+        super().__init__()
+        self.policy = policy
+        self.sections = sections
+        self.in_keys = list(policy.in_keys)
+        self.out_keys = list(policy.out_keys)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        with self.sections("policy"):
+            return self.policy(tensordict)
+
+
+class TrainLog:
+    """Curves and scalars of one run; ``frame()`` returns them as tidy results records."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def curve(self, metric: str, value: float, frames: int, unit: str = "") -> None:
+        self.rows.append({"metric": metric, "value": float(value), "frames": int(frames),
+                          "unit": unit})
+
+    def scalar(self, metric: str, value: float, unit: str = "") -> None:
+        self.rows.append({"metric": metric, "value": float(value), "unit": unit})
+
+    def last(self, metric: str) -> float:
+        values = [r["value"] for r in self.rows if r["metric"] == metric]
+        return values[-1] if values else math.nan
+
+    def frame(self, algorithm: str, config: BaseConfig, **extra) -> pd.DataFrame:
+        rows = []
+        for r in self.rows:
+            if math.isfinite(r["value"]):
+                rows.append(r)
+            else:  # a NaN loss is a diverged run: recorded, never silently dropped
+                rows.append({**r, "status": "diverged",
+                             "error": f"{r['metric']} is {r['value']}"})
+        return results.make_records(rows, **config.context(algorithm), **extra)
+
+
+def timing_records(log: TrainLog, sections: Sections, frames: int, wall: float) -> None:
+    """End-of-run wall-time split and throughput, in the units the tables use."""
+    env = sections.seconds.get("collect", 0.0) - sections.seconds.get("policy", 0.0)
+    log.scalar("env_time_s", max(env, 0.0), "s")
+    log.scalar("policy_time_s", sections.seconds.get("policy", 0.0), "s")
+    log.scalar("update_time_s", sections.seconds.get("update", 0.0), "s")
+    log.scalar("wall_time_s", wall, "s")
+    collect = sections.seconds.get("collect", 0.0)
+    log.scalar("collect_fps", frames / collect if collect else math.nan, "frames/s")
+    log.scalar("train_fps", frames / wall if wall else math.nan, "frames/s")
+
+
+def episode_returns(batch: TensorDictBase) -> torch.Tensor:
+    """Returns of the episodes that ended in ``batch`` (env wrapped with ``RewardSum``)."""
+    done = batch["next", "done"]
+    return batch["next", "episode_reward"][done].float()
+
+
+def evaluate(env, policy, episodes: int, max_steps: int) -> float:
+    """Mean return of ``episodes`` whole episodes with the policy's deterministic actions."""
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    returns: list[float] = []
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        while len(returns) < episodes:
+            rollout = env.rollout(max_steps, policy, break_when_any_done=False)
+            done = rollout["next", "done"].squeeze(-1)
+            reward = rollout["next", "reward"].squeeze(-1)
+            # rollout is [*batch, T]: sum each env's rewards up to its first done
+            first = torch.where(done.any(-1), done.float().argmax(-1), done.shape[-1] - 1)
+            mask = torch.arange(done.shape[-1], device=done.device) <= first.unsqueeze(-1)
+            returns.extend((reward * mask).sum(-1).reshape(-1).tolist())
+    return float(sum(returns[:episodes]) / episodes)
+
+
+class Clock:
+    """Wall clock of a run, synchronised with the device at start and stop."""
+
+    def __init__(self, device):
+        self.device = device
+        synchronize(device)
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter() - self.t0
+
+
+# --------------------------------------------------------------------------- env facts
+
+
+@dataclass(frozen=True)
+class EnvDims:
+    """What networks need to know about an env built by ``harness.backends.make_env``."""
+
+    obs_dim: int
+    action_kind: str  # "discrete" | "continuous"
+    action_dim: int  # number of actions (discrete) or action components (continuous)
+    low: torch.Tensor | None  # continuous bounds, unbatched [action_dim]
+    high: torch.Tensor | None
+
+
+def env_dims(env) -> EnvDims:
+    from torchrl.data import Categorical, OneHot
+
+    obs_dim = int(env.observation_spec_unbatched["observation"].shape[-1])
+    spec = env.action_spec_unbatched
+    if isinstance(spec, (Categorical, OneHot)):
+        return EnvDims(obs_dim, "discrete", int(spec.space.n), None, None)
+    return EnvDims(obs_dim, "continuous", int(spec.shape[-1]), spec.space.low.clone(),
+                   spec.space.high.clone())
+
+
+# --------------------------------------------------------------------------- algorithms
+
+
+def algorithm_module(name: str):
+    """The reference implementation module registered as ``name`` (UsageError otherwise)."""
+    import importlib
+
+    from harness import registry
+
+    registry.load_builtins()
+    return importlib.import_module(registry.ALGORITHMS.get(name).value)
+
+
+def check_fits(algorithm: str, backend: str, task: str) -> None:
+    """UsageError, naming the tasks that fit, when ``algorithm`` cannot act in ``task``."""
+    from harness import backends, registry
+
+    registry.load_builtins()
+    kinds = registry.ALGORITHMS.get(algorithm).meta["action_kinds"]
+    kind = backends.get_task(backend, task).action_kind
+    if kind not in kinds:
+        fits = [f"{b}/{t}" for k in kinds for b, t in backends.tasks_for(k)]
+        raise UsageError(f"{algorithm} needs {' or '.join(kinds)} actions, but {backend}/{task} "
+                         f"has {kind} actions; tasks that fit {algorithm}: {', '.join(fits)}")
+
+
+def resolve_run(algorithm: str, *, backend: str, task: str, device: str = "cpu",
+                frames: int | None = None, seed: int = 0, num_envs: int | None = None,
+                overrides: list[str] | tuple[str, ...] = ()):
+    """Check every input of one training run, then build its Config: ``(module, config)``.
+
+    Raises UsageError (one line naming the bad value and the valid choices) for an unknown
+    algorithm, backend, task or device, a task whose actions do not fit the algorithm, a
+    non-positive budget, a negative seed or an unknown/ill-typed ``FIELD=VALUE`` override.
+    """
+    from harness import backends, registry
+    from harness.devices import check_device
+
+    registry.load_builtins()
+    registry.ALGORITHMS.get(algorithm)
+    registry.ALGORITHMS.require_available(algorithm)
+    registry.BACKENDS.get(backend)
+    backends.get_task(backend, task)
+    registry.BACKENDS.require_available(backend)
+    check_fits(algorithm, backend, task)
+    check_device(device)
+    if frames is not None and frames < 1:
+        raise UsageError(f"--frames must be a positive number of env frames, got {frames}")
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {seed}")
+    if num_envs is not None and num_envs < 1:
+        raise UsageError(f"--num-envs must be >= 1, got {num_envs}")
+    module = algorithm_module(algorithm)
+    fields = {f.name: f for f in dataclasses.fields(module.Config)}
+    changes: dict = {"device": device, "seed": seed}
+    if frames is not None:
+        changes["frames"] = frames
+    if num_envs is not None:
+        changes["num_envs"] = num_envs
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields or name in {"backend", "task"}:
+            valid = ", ".join(n for n in fields if n not in {"backend", "task"})
+            raise UsageError(f"bad override {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{valid}")
+        changes[name] = _parse_field(name, text, fields[name].default)
+    return module, module.config_for(backend, task, **changes)
+
+
+def _parse_field(name: str, text: str, default):
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError
+            return text.lower() in {"true", "1", "yes"}
+        if isinstance(default, tuple):
+            kind = type(default[0]) if default else int
+            return tuple(kind(x) for x in text.split(",") if x)
+        if default is None:
+            return text
+        return type(default)(text)
+    except ValueError:
+        raise UsageError(f"bad value {text!r} for {name} (expected "
+                         f"{type(default).__name__}, default {default!r})") from None
+
+
+def summary(records: pd.DataFrame, config: BaseConfig) -> str:
+    """The one-screen end-of-run report of ``python -m harness train``."""
+    values = records.groupby("metric")["value"].last()
+
+    def get(metric, fmt="{:.1f}"):
+        return fmt.format(values[metric]) if metric in values else "n/a"
+
+    split = {k: values.get(f"{k}_time_s", math.nan) for k in ("env", "policy", "update")}
+    total = sum(v for v in split.values() if v == v) or math.nan
+    share = ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in split.items() if v == v)
+    curve = records[records["metric"] == "episode_return"]
+    last = curve["value"].tail(10).mean() if len(curve) else math.nan
+    failed = records[records["status"] != "ok"]
+    lines = [
+        f"{records['algorithm'].iloc[0]} on {config.backend}/{config.task}, {config.device}, "
+        f"{config.num_envs} env(s), seed {config.seed}",
+        f"  frames          {int(curve['frames'].max()) if len(curve) else config.frames:,}",
+        f"  final return    {get('final_return')} (deterministic policy)",
+        f"  training return {last:.1f} (mean of the last 10 batches' episodes)",
+        f"  wall time       {get('wall_time_s')} s: {share}",
+        f"  frames/s        {get('collect_fps', '{:,.0f}')} collecting, "
+        f"{get('train_fps', '{:,.0f}')} overall",
+    ]
+    if len(failed):
+        lines.append(f"  PROBLEMS        {len(failed)} row(s): "
+                     + "; ".join(sorted(set(failed['error'])))[:300])
+    return "\n".join(lines)

@@ -1,0 +1,241 @@
+"""PPO: Proximal Policy Optimization with a clipped objective (Schulman et al., 2017).
+
+Discrete actions use a Categorical policy, continuous ones a TanhNormal policy whose mean and
+scale come from the network (``NormalParamExtractor``). Advantages are GAE (Schulman et al.,
+2016), recomputed before every epoch with the current critic; the critic regresses on the GAE
+value target. Everything is torchrl: ``Collector`` -> ``GAE`` -> ``ClipPPOLoss`` over minibatches
+drawn without replacement from a ``ReplayBuffer``.
+
+Simplified relative to the paper: one optimiser for actor and critic (shared step), no
+value-function clipping, no observation/reward normalisation (the tasks here do not need it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, ReplayBuffer
+from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
+from torchrl.envs import RewardSum, TransformedEnv
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.objectives import ClipPPOLoss, ValueEstimators
+
+from harness import backends
+from harness.timing import Sections
+from harness.training import (
+    BaseConfig,
+    Clock,
+    LearningTarget,
+    Progress,
+    TimedPolicy,
+    TrainLog,
+    TrainResult,
+    collector_frames,
+    env_dims,
+    episode_returns,
+    evaluate,
+    timing_records,
+)
+
+ALGORITHM = "ppo"
+
+
+@dataclass(frozen=True)
+class Config(BaseConfig):
+    """PPO hyper-parameters (defaults: RL Zoo's CartPole-v1 settings) plus the run fields."""
+
+    num_envs: int = 8
+    """Environments stepped as one batch."""
+    frames_per_batch: int = 256
+    """Frames collected between updates (over all envs): n_steps x num_envs."""
+    num_epochs: int = 20
+    """Passes over each collected batch."""
+    minibatch_size: int = 256
+    """Frames per gradient step."""
+    lr: float = 1e-3
+    """Adam learning rate (annealed linearly to 0 when ``anneal_lr``)."""
+    anneal_lr: bool = True
+    """Anneal the learning rate (and the clip range) linearly to 0 over the budget."""
+    gamma: float = 0.98
+    """Discount factor."""
+    lmbda: float = 0.8
+    """GAE lambda."""
+    clip_epsilon: float = 0.2
+    """Clip range of the probability ratio."""
+    entropy_coeff: float = 0.0
+    """Weight of the entropy bonus."""
+    critic_coeff: float = 0.5
+    """Weight of the critic loss."""
+    max_grad_norm: float = 0.5
+    """Gradient-norm clip per step."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the actor and the critic (separate networks)."""
+    activation: str = "tanh"
+    """Hidden activation: tanh or relu."""
+    eval_episodes: int = 10
+    """Episodes of the deterministic policy for ``final_return`` (0 skips evaluation)."""
+    max_episode_steps: int = 1000
+    """Step cap of one evaluation episode."""
+
+
+#: settings that differ from the defaults per (backend, task): RL Zoo's where it has them
+PRESETS: dict[tuple[str, str], dict] = {
+    ("gymnasium", "cartpole"): dict(frames=100_000),
+}
+
+
+#: published returns (RL Zoo) at RL Zoo budgets, checked by ``nox -s learning``
+LEARNING_TARGETS = [
+    LearningTarget("gymnasium", "cartpole", frames=100_000, threshold=475.0),
+    LearningTarget("gymnasium", "pendulum", frames=200_000, threshold=-200.0),
+]
+
+
+def config_for(backend: str, task: str, **overrides) -> Config:
+    """The Config for ``backend``/``task``: defaults, then the task's preset, then overrides."""
+    return Config(backend=backend, task=task,
+                  **{**PRESETS.get((backend, task), {}), **overrides})
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def make_env(config: Config):
+    """The task from ``harness.backends``, with episode returns tracked (``RewardSum``)."""
+    env = backends.make_env(config.backend, config.task, device=config.device,
+                            num_envs=config.num_envs, seed=config.seed)
+    return TransformedEnv(env, RewardSum())
+
+
+def make_modules(config: Config, env):
+    """Actor (Categorical or TanhNormal policy) and critic V(s), separate MLPs."""
+    dims = env_dims(env)
+    act = {"tanh": nn.Tanh, "relu": nn.ReLU}[config.activation]
+    device = torch.device(config.device)
+    if dims.action_kind == "discrete":
+        logits = MLP(in_features=dims.obs_dim, out_features=dims.action_dim,
+                     num_cells=list(config.hidden), activation_class=act, device=device)
+        module = TensorDictModule(logits, in_keys=["observation"], out_keys=["logits"])
+        actor = ProbabilisticActor(module, in_keys=["logits"], out_keys=["action"],
+                                   spec=env.full_action_spec_unbatched.to(device),
+                                   distribution_class=torch.distributions.Categorical,
+                                   return_log_prob=True)
+    else:
+        net = nn.Sequential(
+            MLP(in_features=dims.obs_dim, out_features=2 * dims.action_dim,
+                num_cells=list(config.hidden), activation_class=act, device=device),
+            NormalParamExtractor(),
+        )
+        module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
+        actor = ProbabilisticActor(
+            module, in_keys=["loc", "scale"], out_keys=["action"],
+            spec=env.full_action_spec_unbatched.to(device), distribution_class=TanhNormal,
+            distribution_kwargs={"low": dims.low.to(device), "high": dims.high.to(device)},
+            return_log_prob=True)
+    critic = ValueOperator(
+        MLP(in_features=dims.obs_dim, out_features=1, num_cells=list(config.hidden),
+            activation_class=act, device=device),
+        in_keys=["observation"])
+    return actor, critic
+
+
+def make_loss(config: Config, actor, critic):
+    """Clipped PPO loss with a GAE value estimator (``make_value_estimator``, torchrl 0.14)."""
+    loss = ClipPPOLoss(actor, critic, clip_epsilon=config.clip_epsilon,
+                       entropy_bonus=config.entropy_coeff > 0,
+                       entropy_coeff=config.entropy_coeff, critic_coeff=config.critic_coeff,
+                       loss_critic_type="l2", normalize_advantage=True)
+    loss.make_value_estimator(ValueEstimators.GAE, gamma=config.gamma, lmbda=config.lmbda)
+    return loss
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(config: Config, progress: Progress | None = None) -> TrainResult:
+    """Train PPO on ``config``: tidy results records plus the trained actor and critic."""
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    env = make_env(config)
+    actor, critic = make_modules(config, env)
+    loss_module = make_loss(config, actor, critic)
+    optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
+    updates_per_batch = config.num_epochs * max(config.frames_per_batch // config.minibatch_size,
+                                                1)
+    budget = collector_frames(config)
+    total_updates = updates_per_batch * (budget // config.frames_per_batch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: max(1.0 - i / total_updates, 0.0) if config.anneal_lr else 1.0)
+    buffer = ReplayBuffer(storage=LazyTensorStorage(config.frames_per_batch, device=device),
+                          sampler=SamplerWithoutReplacement(), batch_size=config.minibatch_size)
+
+    sections = Sections(device)
+    collector = Collector(env, TimedPolicy(actor, sections),
+                          frames_per_batch=config.frames_per_batch, total_frames=budget,
+                          device=device, auto_register_policy_transforms=False)
+    log = TrainLog()
+    clock = Clock(device)
+    frames = 0
+    batches = iter(collector)
+    while True:
+        # --- collect
+        with sections("collect"):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        frames += batch.numel()
+        returns = episode_returns(batch)
+        if returns.numel():
+            log.curve("episode_return", returns.mean().item(), frames, "return")
+
+        # --- update: advantage with the current critic, then minibatch epochs
+        with sections("update"):
+            sums = {"loss_objective": 0.0, "loss_critic": 0.0, "loss_entropy": 0.0}
+            steps = 0
+            frac = 1.0 - (frames - batch.numel()) / budget if config.anneal_lr else 1.0
+            loss_module.clip_epsilon.fill_(config.clip_epsilon * max(frac, 1e-3))
+            for _ in range(config.num_epochs):
+                with torch.no_grad():
+                    loss_module.value_estimator(batch)
+                buffer.extend(batch.reshape(-1))
+                for _ in range(max(config.frames_per_batch // config.minibatch_size, 1)):
+                    minibatch = buffer.sample()
+                    losses = loss_module(minibatch)
+                    loss = losses["loss_objective"] + losses["loss_critic"]
+                    if "loss_entropy" in losses.keys():
+                        loss = loss + losses["loss_entropy"]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    for key in sums:
+                        if key in losses.keys():
+                            sums[key] += losses[key].detach()
+                    steps += 1
+            for key, value in sums.items():
+                if key in losses.keys():
+                    log.curve(key, float(value) / steps, frames)
+        if progress is not None:
+            progress(frames, budget, {"return": log.last("episode_return")})
+
+    wall = clock.elapsed()
+    collector.shutdown()
+    timing_records(log, sections, frames, wall)
+    if config.eval_episodes > 0:
+        eval_env = make_env(config.replace(seed=config.seed + 10_000))
+        log.scalar("final_return", evaluate(eval_env, actor, config.eval_episodes,
+                                            config.max_episode_steps), "return")
+        eval_env.close()
+    env.close()
+    return TrainResult(log.frame(ALGORITHM, config), {"actor": actor, "critic": critic})
+
+
+def main(argv=None) -> int:
+    from harness.cli import main as cli_main
+
+    return cli_main(["train", ALGORITHM, *(argv or [])])

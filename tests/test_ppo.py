@@ -1,0 +1,83 @@
+"""PPO learns the closed-form answers of the probe envs, and is deterministic on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from reference_impls import ppo
+
+PROBE = dict(backend="probe", num_envs=8, frames_per_batch=256, num_epochs=10, minibatch_size=64,
+             lr=3e-3, eval_episodes=0)
+
+
+def _obs(values, device) -> TensorDict:
+    obs = torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1, 1)
+    return TensorDict({"observation": obs}, [obs.shape[0]])
+
+
+def test_ppo_critic_learns_discounted_value_of_constant_reward(device):
+    gamma, horizon = 0.99, 10
+    config = ppo.Config(task="constant-terminated", gamma=gamma, lmbda=0.95, frames=8192,
+                        anneal_lr=False, device=str(device), **PROBE)
+    run = ppo.train(config)
+    value = run.modules["critic"](_obs(range(horizon), device))["state_value"].squeeze(-1)
+    # V(t) = (1 - γ^(H-t)) / (1 - γ): constant reward 1 for the H - t remaining steps
+    expected = torch.tensor([(1 - gamma ** (horizon - t)) / (1 - gamma) for t in range(horizon)],
+                            device=device)
+    assert torch.allclose(value, expected, rtol=0.05), (value, expected)
+
+
+def test_ppo_picks_the_better_bandit_arm(device):
+    config = ppo.Config(task="bandit", frames=4096, device=str(device), **PROBE)
+    run = ppo.train(config)
+    probs = run.modules["actor"](_obs([0.0], device))["logits"].softmax(-1).squeeze(0)
+    # arm means (0.2, 0.8): the optimal policy plays arm 1 with probability 1
+    assert probs[1] > 0.95, probs
+
+
+def test_ppo_continuous_actor_finds_the_optimum(device):
+    config = ppo.Config(task="continuous", frames=8192, device=str(device), **PROBE)
+    run = ppo.train(config)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        action = run.modules["actor"](_obs([0.0], device))["action"].item()
+    # reward -(a - a*)^2 with a* = 0.3: the deterministic action must sit within 0.1 of a*
+    assert abs(action - 0.3) < 0.1, action
+
+
+def test_ppo_records_returns_losses_and_time_split():
+    config = ppo.Config(task="constant-terminated", frames=1024, **PROBE)
+    records = ppo.train(config).records
+    metrics = set(records["metric"])
+    for metric in ("episode_return", "loss_objective", "loss_critic", "env_time_s",
+                   "policy_time_s", "update_time_s", "collect_fps", "train_fps", "wall_time_s"):
+        assert metric in metrics, metric
+    assert (records["algorithm"] == "ppo").all() and (records["status"] == "ok").all()
+    split = records.set_index("metric")["value"]
+    assert split["env_time_s"] > 0 and split["policy_time_s"] > 0 and split["update_time_s"] > 0
+    # constant reward 1 for H = 10 steps: every finished episode returns exactly 10
+    returns = records[records["metric"] == "episode_return"]["value"]
+    assert (returns == 10.0).all()
+
+
+def test_ppo_same_seed_same_returns_on_cpu():
+    config = ppo.Config(backend="gymnasium", task="cartpole", frames=2048, num_envs=4,
+                        frames_per_batch=256, num_epochs=2, eval_episodes=2, seed=3)
+    first, second = (ppo.train(config).records for _ in range(2))
+    cols = ["metric", "frames", "value"]
+    learned = first["metric"].isin(["episode_return", "loss_objective", "final_return"])
+    assert learned.sum() > 3
+    assert first[learned][cols].reset_index(drop=True).equals(
+        second[second["metric"].isin(["episode_return", "loss_objective", "final_return"])][cols]
+        .reset_index(drop=True))
+
+
+@pytest.mark.parametrize("task", ["cartpole", "pendulum"])
+def test_ppo_runs_on_gymnasium_discrete_and_continuous(task):
+    config = ppo.Config(backend="gymnasium", task=task, frames=512, num_envs=2,
+                        frames_per_batch=256, num_epochs=1, eval_episodes=1,
+                        max_episode_steps=200)
+    records = ppo.train(config).records
+    assert "final_return" in set(records["metric"])
