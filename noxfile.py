@@ -129,8 +129,12 @@ def bench(session: nox.Session) -> None:
     session.run("asv", "run", "--python=same", "--set-commit-hash", head,
                 "--machine", ASV_MACHINE, "--show-stderr", *pos)
     session.run("asv", "publish", silent=True)
+    table = ROOT / "results" / "bench" / f"{ASV_MACHINE}.md"
+    session.run("python", "-m", "harness", "asv-table", "results/asv", "--machine", ASV_MACHINE,
+                "--out", str(table))
     html = ROOT / "results" / "html" / "index.html"
     session.log(f"asv dashboard: {html}  (serve it with `asv preview`, or open the file)")
+    session.log(f"table of this run: {table}")
     session.log(f"asv raw results: {ROOT / 'results' / 'asv' / ASV_MACHINE}")
 
 

@@ -246,7 +246,11 @@ def cmd_train(args) -> int:
                                 num_envs=args.num_envs, overrides=args.set)
     out = _writable_dir(args.out)
     module, config = spec
+    import logging
+
     from tqdm import tqdm
+
+    logging.getLogger("torchrl").setLevel(logging.WARNING)  # buffer-init INFO lines
 
     label = f"{args.algorithm} {config.backend}/{config.task} {config.device} seed {config.seed}"
     with tqdm(total=config.frames, desc=label, unit="frame", unit_scale=True,

@@ -145,6 +145,38 @@ def timing_records(log: TrainLog, sections: Sections, frames: int, wall: float) 
     log.scalar("train_fps", frames / wall if wall else math.nan, "frames/s")
 
 
+class EpisodeReturns:
+    """Returns of the episodes that end in each collected ``[num_envs, T]`` batch.
+
+    Vectorised over the batch and carried across batches (an episode may span several), so the
+    env needs no per-step ``RewardSum`` transform: that transform costs ~10% of CartPole's
+    collection rate, this costs one scatter per batch.
+    """
+
+    def __init__(self):
+        self.running: torch.Tensor | None = None
+
+    def __call__(self, batch: TensorDictBase) -> torch.Tensor:
+        reward = batch["next", "reward"].reshape(*batch.shape, -1).sum(-1)
+        done = batch["next", "done"].reshape(*batch.shape, -1).any(-1)
+        if batch.ndim == 1:  # unbatched env: [T]
+            reward, done = reward.unsqueeze(0), done.unsqueeze(0)
+        reward = reward.reshape(-1, reward.shape[-1]).double()
+        done = done.reshape(-1, done.shape[-1])
+        n, t = reward.shape
+        if self.running is None or self.running.shape[0] != n:
+            self.running = torch.zeros(n, dtype=torch.float64, device=reward.device)
+        # segment k of a row = the steps after its k-th done, up to and including the next one
+        segment = torch.cumsum(done, 1) - done.long()
+        sums = torch.zeros(n, t + 1, dtype=torch.float64, device=reward.device)
+        sums.scatter_add_(1, segment, reward)
+        sums[:, 0] += self.running
+        ended = sums.gather(1, segment)[done]
+        last = segment[:, -1] + done[:, -1].long()  # the segment still open after the batch
+        self.running = sums.gather(1, last.unsqueeze(1)).squeeze(1)
+        return ended.float()
+
+
 def episode_returns(batch: TensorDictBase) -> torch.Tensor:
     """Returns of the episodes that ended in ``batch`` (env wrapped with ``RewardSum``)."""
     done = batch["next", "done"]

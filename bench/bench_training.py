@@ -1,0 +1,153 @@
+"""Training throughput of the reference implementations, and what their plumbing costs.
+
+``Training`` trains each reference algorithm for a short budget on its CPU task (CartPole for the
+discrete ones, Pendulum for DDPG; cartpole-novel for the recurrent ones) once per asv run
+(``setup_cache``) and tracks what the run recorded: microseconds per collected frame, per frame
+overall, and the env / policy / update shares of the wall time. All are lower-is-better except
+the shares, which are informational.
+
+``PPOCollection`` measures, in the same process and interleaved, a bare torchrl ``Collector``
+with PPO's policy and env batch and the collection phase of the reference PPO (its policy
+wrapped in ``TimedPolicy``): the ratio bare/reference time per frame
+must stay >= 0.9 (the reference costs at most ~11% more per collected frame).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench.common import RLBenchmark, pin_threads
+
+# algorithm -> (backend, task, frames): a short budget, enough to reach steady state
+CASES = {
+    "ppo": ("gymnasium", "cartpole", 4096),
+    "dqn": ("gymnasium", "cartpole", 4096),
+    "ddpg": ("gymnasium", "pendulum", 2000),
+    "recurrent_dqn": ("gymnasium", "cartpole-novel", 2048),
+    "recurrent_ppo": ("gymnasium", "cartpole-novel", 2048),
+}
+
+
+def _train(algorithm: str) -> dict[str, float]:
+    from harness import registry
+    from harness.training import algorithm_module
+
+    registry.load_builtins()
+    if registry.ALGORITHMS.unavailable_reason(algorithm):
+        return {}
+    backend, task, frames = CASES[algorithm]
+    module = algorithm_module(algorithm)
+    config = module.config_for(backend, task, frames=frames, eval_episodes=0)
+    records = module.train(config).records
+    values = records.groupby("metric")["value"].last()
+    total = values["env_time_s"] + values["policy_time_s"] + values["update_time_s"]
+    return {
+        "us_per_collected_frame": 1e6 / values["collect_fps"],
+        "us_per_frame": 1e6 / values["train_fps"],
+        "env_share": values["env_time_s"] / total,
+        "policy_share": values["policy_time_s"] / total,
+        "update_share": values["update_time_s"] / total,
+    }
+
+
+class Training(RLBenchmark):
+    """Short training runs of every reference algorithm (CPU)."""
+
+    param_names = ("algorithm",)
+    params = (list(CASES),)
+    timeout = 900
+
+    def setup_cache(self):
+        pin_threads()
+        return {algorithm: _train(algorithm) for algorithm in CASES}
+
+    def setup(self, cache, algorithm):
+        super().setup("cpu")
+        if not cache.get(algorithm):
+            raise NotImplementedError(f"{algorithm} is not available here")
+        self.values = cache[algorithm]
+
+    def track_us_per_collected_frame(self, cache, algorithm):
+        return self.values["us_per_collected_frame"]
+
+    track_us_per_collected_frame.unit = "us/frame"
+
+    def track_us_per_frame(self, cache, algorithm):
+        return self.values["us_per_frame"]
+
+    track_us_per_frame.unit = "us/frame"
+
+    def track_env_share(self, cache, algorithm):
+        return self.values["env_share"]
+
+    track_env_share.unit = "fraction"
+
+    def track_policy_share(self, cache, algorithm):
+        return self.values["policy_share"]
+
+    track_policy_share.unit = "fraction"
+
+    def track_update_share(self, cache, algorithm):
+        return self.values["update_share"]
+
+    track_update_share.unit = "fraction"
+
+
+def _collect_seconds(batches, n: int) -> float:
+    next(batches)  # warm-up batch (and the policy's first call)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(batches)
+    return time.perf_counter() - t0
+
+
+class PPOCollection(RLBenchmark):
+    """Bare torchrl Collector vs the reference PPO's collection (same env batch and policy)."""
+
+    timeout = 300
+    BATCHES = 20
+    ROUNDS = 5
+
+    def setup(self, *args):
+        super().setup("cpu")
+        from torchrl.collectors import Collector
+
+        from harness import backends
+        from harness.timing import Sections
+        from harness.training import TimedPolicy
+        from reference_impls import ppo
+
+        config = ppo.config_for("gymnasium", "cartpole")
+        env_ref = ppo.make_env(config)
+        actor, _ = ppo.make_modules(config, env_ref)
+        self.bare = Collector(
+            backends.make_env("gymnasium", "cartpole", num_envs=config.num_envs, seed=0), actor,
+            frames_per_batch=config.frames_per_batch, total_frames=-1,
+            auto_register_policy_transforms=False)
+        # exactly what reference_impls.ppo.train collects with (timed policy)
+        self.ref = Collector(env_ref, TimedPolicy(actor, Sections("cpu")),
+                             frames_per_batch=config.frames_per_batch, total_frames=-1,
+                             auto_register_policy_transforms=False)
+        self.bare_batches, self.ref_batches = iter(self.bare), iter(self.ref)
+        self.frames = config.frames_per_batch * self.BATCHES
+
+    def teardown(self, *args):
+        self.bare.shutdown()
+        self.ref.shutdown()
+
+    def track_bare_over_reference_speed(self, *args):
+        """Reference frames/s over bare frames/s, median of interleaved rounds (>= 0.9)."""
+        ratios = []
+        for _ in range(self.ROUNDS):
+            bare = _collect_seconds(self.bare_batches, self.BATCHES)
+            ref = _collect_seconds(self.ref_batches, self.BATCHES)
+            ratios.append(bare / ref)
+        return statistics.median(ratios)
+
+    track_bare_over_reference_speed.unit = "ratio"
+
+    def track_bare_us_per_frame(self, *args):
+        return 1e6 * _collect_seconds(self.bare_batches, self.BATCHES) / self.frames
+
+    track_bare_us_per_frame.unit = "us/frame"

@@ -1,0 +1,290 @@
+"""Double DQN: Q-learning with a target network (Mnih et al., 2015) and the double-Q target
+(van Hasselt et al., 2016), optionally with prioritized replay (Schaul et al., 2016).
+
+An MLP maps the observation to one Q-value per action; the greedy action is its argmax
+(``QValueActor``), and exploration is ε-greedy (``EGreedyModule``) with ε annealed linearly from
+``eps_init`` to ``eps_end`` over the first ``exploration_fraction`` of the budget. The first
+``init_random_frames`` frames are uniformly random actions (the collector's warm-up). After
+every collected batch of ``train_freq`` steps per env, ``gradient_steps`` minibatches are drawn
+from the replay buffer and the loss is the TD(0) error against the double-Q target
+``r + γ (1 - terminated) Q_target(s', argmax_a Q(s', a))`` (``DQNLoss(double_dqn=True)``).
+The target network follows the online one by hard copies every ``target_update_interval``
+gradient steps (``HardUpdate``) or by Polyak averaging with ``tau`` (``SoftUpdate``).
+Everything is torchrl: ``Collector`` -> ``TensorDictReplayBuffer`` (``LazyTensorStorage``,
+uniform ``RandomSampler`` or ``PrioritizedSampler``) -> ``DQNLoss`` -> Adam.
+
+Simplified relative to the papers: no frame stacking, reward clipping or convolutional torso
+(state-based tasks only); the importance-sampling exponent β of prioritized replay is annealed
+linearly to 1 over the budget as in Schaul et al., but priorities are set from the latest
+minibatch only (no separate priority refresh pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict.nn import TensorDictSequential
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.replay_buffers.samplers import PrioritizedSampler, RandomSampler
+from torchrl.modules import MLP, EGreedyModule, QValueActor
+from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
+
+from harness import backends
+from harness.errors import UsageError
+from harness.timing import Sections
+from harness.training import (
+    BaseConfig,
+    Clock,
+    EpisodeReturns,
+    LearningTarget,
+    Progress,
+    TimedPolicy,
+    TrainLog,
+    TrainResult,
+    collector_frames,
+    env_dims,
+    evaluate,
+    timing_records,
+)
+
+ALGORITHM = "dqn"
+
+_TARGET_UPDATES = ("hard", "soft")
+_LOSS_FUNCTIONS = ("l2", "smooth_l1", "l1")
+
+
+@dataclass(frozen=True)
+class Config(BaseConfig):
+    """Double DQN hyper-parameters (defaults: RL Zoo's CartPole-v1 settings, translated to
+    torchrl's semantics where they differ) plus the run fields."""
+
+    num_envs: int = 1
+    """Environments stepped as one batch (RL Zoo: 1)."""
+    train_freq: int = 256
+    """Steps per env collected between update phases (RL Zoo/SB3 ``train_freq``, which counts
+    vector-env steps): the collector's batch is ``num_envs x train_freq`` frames."""
+    gradient_steps: int = 128
+    """Gradient steps (minibatches) after each collected batch (RL Zoo ``gradient_steps``)."""
+    batch_size: int = 64
+    """Transitions per minibatch."""
+    buffer_size: int = 100_000
+    """Replay buffer capacity in transitions (oldest overwritten first)."""
+    init_random_frames: int = 1000
+    """Frames of uniformly random actions before the policy acts and updates start (RL Zoo
+    ``learning_starts``), rounded up to whole batches as torchrl's Collector does (1024 at the
+    default batch; SB3 also first trains at step 1024 here)."""
+    lr: float = 2.3e-3
+    """Adam learning rate (constant)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    loss_function: str = "smooth_l1"
+    """TD-error loss: smooth_l1 (Huber, as SB3's DQN), l2 or l1."""
+    max_grad_norm: float = 10.0
+    """Gradient-norm clip per step (SB3's DQN default)."""
+    target_update: str = "hard"
+    """Target-network update: ``hard`` (copy every ``target_update_interval`` gradient steps,
+    ``HardUpdate``) or ``soft`` (Polyak averaging with ``tau`` after every step,
+    ``SoftUpdate``)."""
+    target_update_interval: int = 128
+    """Gradient steps between hard target copies. RL Zoo's 10 counts *env* steps and SB3 copies
+    during collection, when no gradient step happens: with ``train_freq`` 256 the target is
+    therefore the online network as it was at the start of each update phase, i.e. one copy
+    per ``gradient_steps`` (128) gradient steps, which is what this default reproduces."""
+    tau: float = 0.005
+    """Polyak coefficient of ``soft`` target updates (target += tau (online - target))."""
+    eps_init: float = 1.0
+    """ε of ε-greedy at the start."""
+    eps_end: float = 0.04
+    """ε after annealing (RL Zoo ``exploration_final_eps``)."""
+    exploration_fraction: float = 0.16
+    """Fraction of the budget (frames, warm-up included, as SB3 counts) over which ε anneals
+    linearly from ``eps_init`` to ``eps_end``."""
+    prioritized: bool = False
+    """Prioritized replay (``PrioritizedSampler``, priorities |TD error|) instead of uniform."""
+    alpha: float = 0.6
+    """Prioritization exponent α (Schaul et al., proportional variant)."""
+    beta: float = 0.4
+    """Initial importance-sampling exponent β, annealed linearly to 1 over the budget."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of the Q-network (ReLU), RL Zoo ``net_arch``."""
+    eval_episodes: int = 10
+    """Episodes of the greedy policy for ``final_return`` (0 skips evaluation)."""
+    max_episode_steps: int = 1000
+    """Step cap of one evaluation episode."""
+
+    def __post_init__(self):
+        if self.target_update not in _TARGET_UPDATES:
+            raise UsageError(f"target_update must be one of {', '.join(_TARGET_UPDATES)}; "
+                             f"got {self.target_update!r}")
+        if self.loss_function not in _LOSS_FUNCTIONS:
+            raise UsageError(f"loss_function must be one of {', '.join(_LOSS_FUNCTIONS)}; "
+                             f"got {self.loss_function!r}")
+
+    @property
+    def frames_per_batch(self) -> int:
+        """Frames collected between update phases (over all envs)."""
+        return self.num_envs * self.train_freq
+
+
+#: settings that differ from the defaults per (backend, task): RL Zoo's where it has them
+PRESETS: dict[tuple[str, str], dict] = {
+    # RL Zoo dqn.yml CartPole-v1: n_timesteps 5e4 (the rest are the Config defaults);
+    # CartPole-v1 truncates at 500 steps, so longer evaluation episodes cannot happen
+    ("gymnasium", "cartpole"): dict(frames=50_000, max_episode_steps=500),
+}
+
+
+#: published returns (RL Zoo) at RL Zoo budgets, checked by ``nox -s learning``
+LEARNING_TARGETS = [
+    LearningTarget("gymnasium", "cartpole", frames=50_000, threshold=475.0),
+]
+
+
+def config_for(backend: str, task: str, **overrides) -> Config:
+    """The Config for ``backend``/``task``: defaults, then the task's preset, then overrides."""
+    return Config(backend=backend, task=task,
+                  **{**PRESETS.get((backend, task), {}), **overrides})
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def make_env(config: Config, num_envs: int | None = None):
+    """The task from ``harness.backends`` (episode returns are tracked outside the env)."""
+    return backends.make_env(config.backend, config.task, device=config.device,
+                             num_envs=num_envs or config.num_envs, seed=config.seed)
+
+
+def make_modules(config: Config, env):
+    """Greedy Q-value actor (MLP -> argmax) and its ε-greedy exploration wrapper."""
+    dims = env_dims(env)
+    if dims.action_kind != "discrete":
+        raise UsageError(f"dqn needs discrete actions; {config.backend}/{config.task} has "
+                         f"{dims.action_kind} ones")
+    device = torch.device(config.device)
+    spec = env.action_spec_unbatched.to(device)  # int64 Categorical(n), shape ()
+    qnet = MLP(in_features=dims.obs_dim, out_features=dims.action_dim,
+               num_cells=list(config.hidden), activation_class=nn.ReLU, device=device)
+    actor = QValueActor(qnet, in_keys=["observation"], spec=spec, action_space="categorical")
+    annealing_frames = max(int(config.exploration_fraction * collector_frames(config)), 1)
+    egreedy = EGreedyModule(spec, eps_init=config.eps_init, eps_end=config.eps_end,
+                            annealing_num_steps=annealing_frames, device=device)
+    return actor, TensorDictSequential(actor, egreedy)
+
+
+def make_loss(config: Config, actor):
+    """Double DQN loss with a TD(0) target and the target-network updater."""
+    loss = DQNLoss(actor, loss_function=config.loss_function, double_dqn=True,
+                   delay_value=True, action_space="categorical")
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
+    if config.target_update == "hard":
+        # HardUpdate copies when its counter *equals* the interval and only then resets it,
+        # i.e. on every (interval + 1)-th step(): pass interval - 1 to copy every `interval`
+        interval = max(config.target_update_interval - 1, 0)
+        updater = HardUpdate(loss, value_network_update_interval=interval)
+    else:
+        updater = SoftUpdate(loss, tau=config.tau)
+    return loss, updater
+
+
+def make_buffer(config: Config, loss: DQNLoss):
+    """Replay buffer on the config's device: uniform, or prioritized on the loss's TD error."""
+    device = torch.device(config.device)
+    if config.prioritized:
+        sampler = PrioritizedSampler(config.buffer_size, alpha=config.alpha, beta=config.beta)
+    else:
+        sampler = RandomSampler()
+    # a seeded generator of the buffer's own on CPU: PrioritizedSampler otherwise draws from
+    # numpy's global RNG there. (CUDA runs are not promised to be deterministic; a CPU
+    # generator could not drive a CUDA storage's sampling, so they use torch's global one.)
+    generator = torch.Generator().manual_seed(config.seed) if device.type == "cpu" else None
+    return TensorDictReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=device),
+                                  sampler=sampler, batch_size=config.batch_size,
+                                  priority_key=loss.tensor_keys.priority, generator=generator)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(config: Config, progress: Progress | None = None) -> TrainResult:
+    """Train Double DQN on ``config``: tidy results records plus the greedy Q-value actor."""
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    env = make_env(config)
+    actor, explore = make_modules(config, env)
+    loss_module, target_updater = make_loss(config, actor)
+    optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
+    buffer = make_buffer(config, loss_module)
+    egreedy = explore[-1]
+    priority_key = loss_module.tensor_keys.priority
+    keep = loss_module.in_keys  # what a transition needs: obs, action, next reward/done/obs
+
+    budget = collector_frames(config)
+    per = config.frames_per_batch
+    warmup = -(-config.init_random_frames // per) * per  # whole batches, as the Collector does
+    sections = Sections(device)
+    collector = Collector(env, TimedPolicy(explore, sections), frames_per_batch=per,
+                          total_frames=budget, init_random_frames=warmup, device=device,
+                          auto_register_policy_transforms=False)
+    log = TrainLog()
+    track_returns = EpisodeReturns()
+    clock = Clock(device)
+    frames = 0
+    batches = iter(collector)
+    while True:
+        # --- collect
+        with sections("collect"):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        frames += batch.numel()
+        returns = track_returns(batch)
+        if returns.numel():
+            log.curve("episode_return", returns.mean().item(), frames, "return")
+
+        # --- update: store the batch, anneal ε (and β), then gradient steps on replayed batches
+        with sections("update"):
+            buffer.extend(batch.reshape(-1).select(*keep))
+            egreedy.step(batch.numel())
+            log.curve("epsilon", egreedy.eps.item(), frames)
+            if config.prioritized:
+                buffer.sampler.beta = config.beta + (1.0 - config.beta) * min(frames / budget, 1)
+            if frames >= warmup:
+                total = torch.zeros((), device=device)
+                for _ in range(config.gradient_steps):
+                    minibatch = buffer.sample()
+                    loss = loss_module(minibatch)["loss"]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    target_updater.step()
+                    if config.prioritized:
+                        # DQNLoss writes the *squared* TD error; PER's priority is |δ|
+                        minibatch.set(priority_key, minibatch.get(priority_key).sqrt())
+                        buffer.update_tensordict_priority(minibatch)
+                    total += loss.detach()
+                log.curve("loss", float(total) / config.gradient_steps, frames)
+        if progress is not None:
+            progress(frames, budget, {"return": log.last("episode_return")})
+
+    wall = clock.elapsed()
+    collector.shutdown()
+    timing_records(log, sections, frames, wall)
+    if config.eval_episodes > 0:
+        eval_env = make_env(config.replace(seed=config.seed + 10_000),
+                            num_envs=min(config.eval_episodes, 10))
+        log.scalar("final_return", evaluate(eval_env, actor, config.eval_episodes,
+                                            config.max_episode_steps), "return")
+        eval_env.close()
+    env.close()
+    return TrainResult(log.frame(ALGORITHM, config), {"qvalue": actor})
+
+
+def main(argv=None) -> int:
+    from harness.cli import main as cli_main
+
+    return cli_main(["train", ALGORITHM, *(argv or [])])
