@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--num-envs", type=int, help="envs stepped as one batch (default: the "
                                                  "algorithm's)")
+    r.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: comparable, reproducible timings)")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a Config field, e.g. --set lr=3e-4 --set hidden=128,128")
     r.add_argument("--out", type=Path, default=Path("results/runs"),
@@ -246,8 +248,13 @@ def cmd_train(args) -> int:
                                 num_envs=args.num_envs, overrides=args.set)
     out = _writable_dir(args.out)
     module, config = spec
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     import logging
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     from tqdm import tqdm
 
     logging.getLogger("torchrl").setLevel(logging.WARNING)  # buffer-init INFO lines

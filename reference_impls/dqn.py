@@ -44,9 +44,10 @@ from harness.training import (
     TimedPolicy,
     TrainLog,
     TrainResult,
+    close_run,
     collector_frames,
     env_dims,
-    evaluate,
+    final_evaluation,
     timing_records,
 )
 
@@ -152,10 +153,10 @@ def config_for(backend: str, task: str, **overrides) -> Config:
 # --------------------------------------------------------------------------- building blocks
 
 
-def make_env(config: Config, num_envs: int | None = None):
+def make_env(config: Config):
     """The task from ``harness.backends`` (episode returns are tracked outside the env)."""
     return backends.make_env(config.backend, config.task, device=config.device,
-                             num_envs=num_envs or config.num_envs, seed=config.seed)
+                             num_envs=config.num_envs, seed=config.seed)
 
 
 def make_modules(config: Config, env):
@@ -272,15 +273,9 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
             progress(frames, budget, {"return": log.last("episode_return")})
 
     wall = clock.elapsed()
-    collector.shutdown()
+    close_run(collector, env)
     timing_records(log, sections, frames, wall)
-    if config.eval_episodes > 0:
-        eval_env = make_env(config.replace(seed=config.seed + 10_000),
-                            num_envs=min(config.eval_episodes, 10))
-        log.scalar("final_return", evaluate(eval_env, actor, config.eval_episodes,
-                                            config.max_episode_steps), "return")
-        eval_env.close()
-    env.close()
+    final_evaluation(log, make_env, config, actor)
     return TrainResult(log.frame(ALGORITHM, config), {"qvalue": actor})
 
 

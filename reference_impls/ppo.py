@@ -34,9 +34,10 @@ from harness.training import (
     TimedPolicy,
     TrainLog,
     TrainResult,
+    close_run,
     collector_frames,
     env_dims,
-    evaluate,
+    final_evaluation,
     timing_records,
 )
 
@@ -230,14 +231,9 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
             progress(frames, budget, {"return": log.last("episode_return")})
 
     wall = clock.elapsed()
-    collector.shutdown()
+    close_run(collector, env)
     timing_records(log, sections, frames, wall)
-    if config.eval_episodes > 0:
-        eval_env = make_env(config.replace(seed=config.seed + 10_000))
-        log.scalar("final_return", evaluate(eval_env, actor, config.eval_episodes,
-                                            config.max_episode_steps), "return")
-        eval_env.close()
-    env.close()
+    final_evaluation(log, make_env, config, actor)
     return TrainResult(log.frame(ALGORITHM, config), {"actor": actor, "critic": critic})
 
 
