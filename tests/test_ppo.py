@@ -81,3 +81,41 @@ def test_ppo_runs_on_gymnasium_discrete_and_continuous(task):
                         max_episode_steps=200)
     records = ppo.train(config).records
     assert "final_return" in set(records["metric"])
+
+
+def test_ppo_cli_trains_and_saves_results(tmp_path):
+    import subprocess
+    import sys
+
+    from harness import results
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "train", "ppo", "--backend", "probe", "--task",
+         "bandit", "--frames", "512", "--set", "eval_episodes=2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "final return" in proc.stdout and "frames/s" in proc.stdout
+    (path,) = tmp_path.glob("ppo-probe-bandit-cpu-s0-*.csv")
+    frame = results.load(path)
+    assert set(frame["algorithm"]) == {"ppo"} and "final_return" in set(frame["metric"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--backend", "probe", "--task", "bandit", "--frames", "-5"], "--frames must be"),
+        (["--backend", "probe", "--task", "bandit", "--device", "cuda:7"], "cuda:7"),
+        (["--backend", "probe", "--task", "bandit", "--out", "/proc/rlgauge"], "--out"),
+    ],
+    ids=["unknown-task", "negative-frames", "absent-device", "unwritable-out"],
+)
+def test_ppo_cli_bad_input_is_one_line_exit_2(argv, needle):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "harness", "train", "ppo", *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
