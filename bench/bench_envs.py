@@ -142,14 +142,12 @@ class EnvStep(RLBenchmark):
             if self.device.type != "cpu":
                 raise NotImplementedError("the raw libraries step on the CPU only")
             spec = backends.get_task(backend, task)
-            self.run, self.close = RAW[backend](spec, num_envs, 0)
+            self.run, close = RAW[backend](spec, num_envs, 0)
         else:
-            self.run, self.close = _torchrl(backend, task, num_envs, 0, self.device)
+            self.run, close = _torchrl(backend, task, num_envs, 0, self.device)
+        self.on_teardown(close)
         self.frames = STEPS * num_envs
         self.run()  # warm-up outside the timer
-
-    def teardown(self, device, case, num_envs, impl):
-        self.close()
 
     def time_steps(self, device, case, num_envs, impl):
         self.run()

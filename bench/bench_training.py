@@ -129,12 +129,10 @@ class PPOCollection(RLBenchmark):
         self.ref = Collector(env_ref, TimedPolicy(actor, Sections("cpu")),
                              frames_per_batch=config.frames_per_batch, total_frames=-1,
                              auto_register_policy_transforms=False)
+        self.on_teardown(self.bare.shutdown)
+        self.on_teardown(self.ref.shutdown)
         self.bare_batches, self.ref_batches = iter(self.bare), iter(self.ref)
         self.frames = config.frames_per_batch * self.BATCHES
-
-    def teardown(self, *args):
-        self.bare.shutdown()
-        self.ref.shutdown()
 
     def track_bare_over_reference_speed(self, *args):
         """Reference frames/s over bare frames/s, median of interleaved rounds (>= 0.9)."""

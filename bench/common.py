@@ -46,7 +46,12 @@ def require_backend(backend: str) -> None:
 
 
 class RLBenchmark:
-    """Base: ``device`` param; setup pins threads, seeds, skips a missing device."""
+    """Base: ``device`` param; setup pins threads, seeds, skips a missing device.
+
+    Resources that need closing are registered with ``on_teardown`` once they exist: asv's
+    forkserver calls ``teardown`` even after ``setup`` raised ``NotImplementedError`` (a skip),
+    so teardown must only close what setup actually built.
+    """
 
     param_names = ("device",)
     params = (DEVICES,)
@@ -55,6 +60,15 @@ class RLBenchmark:
     def setup(self, device, *args):
         import torch
 
+        self._closers = []
         pin_threads()
         torch.manual_seed(0)
         self.device = require_device(device)
+
+    def on_teardown(self, close) -> None:
+        self._closers.append(close)
+
+    def teardown(self, *args):
+        for close in reversed(getattr(self, "_closers", [])):
+            close()
+        self._closers = []
