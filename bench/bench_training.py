@@ -105,6 +105,7 @@ def _collect_seconds(batches, n: int) -> float:
 class PPOCollection(RLBenchmark):
     """Bare torchrl Collector vs the reference PPO's collection (same env batch and policy)."""
 
+    params = (["cpu"],)  # the CartPole simulator and this policy run on the CPU
     timeout = 300
     BATCHES = 20
     ROUNDS = 5

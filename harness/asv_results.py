@@ -101,6 +101,8 @@ def markdown(frame: pd.DataFrame) -> str:
     """One table: benchmark, params, median, IQR/median spread."""
     if frame.empty:
         return "(no asv results)"
+    skipped = int(frame["value"].isna().sum())
+    frame = frame[frame["value"].notna()]
     view = pd.DataFrame({
         "benchmark": frame["benchmark"],
         "params": frame["params"],
@@ -108,4 +110,6 @@ def markdown(frame: pd.DataFrame) -> str:
         "spread (IQR/median)": [f"{s:.1%}" if s is not None and pd.notna(s) else ""
                                 for s in frame["spread"]],
     })
-    return view.to_markdown(index=False)
+    note = (f"\n\n{skipped} parameter point(s) skipped or failed here (e.g. CUDA without a GPU); "
+            f"see the asv dashboard for them.") if skipped else ""
+    return view.to_markdown(index=False) + note
