@@ -25,8 +25,12 @@ def device(request):
     return torch.device(request.param)
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_thread():
+    """One torch thread in every test: closing a torchrl SerialEnv (dm_control envs) resets the
+    count to its value at torchrl's import, and two threads on a busy 2-core machine make the
+    following tests 5-7x slower."""
     import torch
 
     torch.set_num_threads(1)
+    yield
