@@ -389,3 +389,14 @@ def final_evaluation(log: TrainLog, make_env, config, policy, *, prepare=None) -
             env.close()
         torch.set_num_threads(threads)
     log.scalar("final_return", value, "return")
+
+
+def add_primers(env, policy):
+    """Append the ``TensorDictPrimer`` of every ``LSTMModule`` in ``policy`` (zeroed recurrent
+    states at reset) to ``env``: what torchrl's Collector registers itself with
+    ``auto_register_policy_transforms=True``. Returns ``env``."""
+    from torchrl.modules import LSTMModule
+
+    for lstm in {id(m): m for m in policy.modules() if isinstance(m, LSTMModule)}.values():
+        env.append_transform(lstm.make_tensordict_primer())
+    return env

@@ -62,6 +62,7 @@ from harness.training import (
     TimedPolicy,
     TrainLog,
     TrainResult,
+    add_primers,
     close_run,
     collector_frames,
     env_dims,
@@ -154,15 +155,6 @@ def make_env(config: Config):
     env = backends.make_env(config.backend, config.task, device=config.device,
                             num_envs=config.num_envs, seed=config.seed)
     return TransformedEnv(env, InitTracker())
-
-
-def add_primers(env, policy):
-    """Append the ``TensorDictPrimer`` of every LSTM in ``policy`` (zeroed recurrent states at
-    reset) to ``env``: what torchrl's Collector would register itself with
-    ``auto_register_policy_transforms=True``."""
-    for lstm in {id(m): m for m in policy.modules() if isinstance(m, LSTMModule)}.values():
-        env.append_transform(lstm.make_tensordict_primer())
-    return env
 
 
 def _lstm(config: Config, input_size: int, name: str) -> LSTMModule:
