@@ -91,7 +91,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_doctor(args) -> int:
+    import logging
+
     from harness import doctor
+
+    logging.getLogger("torchrl").setLevel(logging.WARNING)  # buffer-init INFO lines
 
     rows = doctor.checks()
     width = max(len(r.name) for r in rows)
