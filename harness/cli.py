@@ -91,11 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_doctor(args) -> int:
-    import logging
-
     from harness import doctor
 
-    logging.getLogger("torchrl").setLevel(logging.WARNING)  # buffer-init INFO lines
 
     rows = doctor.checks()
     width = max(len(r.name) for r in rows)
@@ -254,14 +251,11 @@ def cmd_train(args) -> int:
     module, config = spec
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    import logging
-
     import torch
 
     torch.set_num_threads(args.threads)
     from tqdm import tqdm
 
-    logging.getLogger("torchrl").setLevel(logging.WARNING)  # buffer-init INFO lines
 
     label = f"{args.algorithm} {config.backend}/{config.task} {config.device} seed {config.seed}"
     with tqdm(total=config.frames, desc=label, unit="frame", unit_scale=True,
@@ -301,6 +295,10 @@ COMMANDS = {"doctor": cmd_doctor, "list": cmd_list, "table": cmd_table,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    # torchrl logs every buffer initialisation at INFO; read once, at torchrl's import
+    os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
