@@ -54,6 +54,7 @@ if _pip_find_links():
 # this every process recompiles torch/torchrl (import torchrl 6.6 s instead of 2.6 s).
 os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo / dm_control (Mesa EGL, no GPU)
+os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")  # torchrl logs each buffer init at INFO
 
 
 def _constraints(session: nox.Session) -> str:
