@@ -96,7 +96,9 @@ class TaskSpec:
     ``id`` is the backend's own name for it (a gymnasium id, a ``(domain, task)`` pair for
     dm_control, an envpool task id, a probe class name); ``requires`` lists modules needed on top
     of the backend's (MuJoCo for gymnasium's MuJoCo tasks); ``observation_indices`` keeps only
-    those observation components (partially observed variants; None keeps all).
+    those observation components (partially observed variants; None keeps all); ``solved`` is
+    the return at which the task counts as solved (gymnasium's ``reward_threshold``, RL Zoo's
+    for Pendulum), read by the matrix for time-to-threshold; None where no standard one exists.
     """
 
     id: Any
@@ -104,6 +106,7 @@ class TaskSpec:
     description: str
     requires: tuple[str, ...] = ()
     observation_indices: tuple[int, ...] | None = None
+    solved: float | None = None
 
     def __post_init__(self):
         if self.action_kind not in ACTION_KINDS:
@@ -336,17 +339,21 @@ def _build_gymnasium(spec: TaskSpec, *, num_envs: int, seed: int, device, batchi
 
 _MUJOCO = ("mujoco",)
 GYMNASIUM_TASKS = {
-    "cartpole": TaskSpec("CartPole-v1", "discrete", "balance a pole on a cart (500 steps)"),
+    "cartpole": TaskSpec("CartPole-v1", "discrete", "balance a pole on a cart (500 steps)",
+                         solved=475.0),
     "cartpole-novel": TaskSpec(
         "CartPole-v1", "discrete", "CartPole with velocities hidden: observation [x, theta] "
-        "(POMDP for recurrent policies)", observation_indices=(0, 2)),
-    "pendulum": TaskSpec("Pendulum-v1", "continuous", "swing up and hold a pendulum (200 steps)"),
+        "(POMDP for recurrent policies)", observation_indices=(0, 2), solved=475.0),
+    "pendulum": TaskSpec("Pendulum-v1", "continuous", "swing up and hold a pendulum (200 steps)",
+                         solved=-200.0),
     "mountaincar-continuous": TaskSpec("MountainCarContinuous-v0", "continuous",
-                                       "drive an underpowered car up a hill (999 steps)"),
+                                       "drive an underpowered car up a hill (999 steps)",
+                                       solved=90.0),
     "inverted-double-pendulum": TaskSpec("InvertedDoublePendulum-v5", "continuous",
-                                         "MuJoCo: balance two poles on a cart", requires=_MUJOCO),
+                                         "MuJoCo: balance two poles on a cart", requires=_MUJOCO,
+                                         solved=9100.0),
     "halfcheetah": TaskSpec("HalfCheetah-v5", "continuous", "MuJoCo: run forward (1000 steps)",
-                            requires=_MUJOCO),
+                            requires=_MUJOCO, solved=4800.0),
 }
 
 
@@ -516,12 +523,16 @@ def _check_envpool() -> str | None:
 
 
 ENVPOOL_TASKS = {
-    "cartpole": TaskSpec("CartPole-v1", "discrete", "balance a pole on a cart (500 steps)"),
-    "pendulum": TaskSpec("Pendulum-v1", "continuous", "swing up and hold a pendulum (200 steps)"),
+    "cartpole": TaskSpec("CartPole-v1", "discrete", "balance a pole on a cart (500 steps)",
+                         solved=475.0),
+    "pendulum": TaskSpec("Pendulum-v1", "continuous", "swing up and hold a pendulum (200 steps)",
+                         solved=-200.0),
     "mountaincar-continuous": TaskSpec("MountainCarContinuous-v0", "continuous",
-                                       "drive an underpowered car up a hill (999 steps)"),
+                                       "drive an underpowered car up a hill (999 steps)",
+                                       solved=90.0),
     "halfcheetah": TaskSpec("HalfCheetah-v5", "continuous",
-                            "MuJoCo (envpool's build): run forward (1000 steps)"),
+                            "MuJoCo (envpool's build): run forward (1000 steps)",
+                            solved=4800.0),
 }
 
 

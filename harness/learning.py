@@ -90,10 +90,24 @@ def table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table(rows: pd.DataFrame, out_dir: str | Path, machine: str) -> Path:
-    """Markdown + CSV of ``table(rows)`` under ``out_dir`` (atomic writes)."""
+    """Markdown + CSV of ``table(rows)`` under ``out_dir`` (atomic writes).
+
+    The table accumulates: rows of targets this session did not run (``nox -s learning -- -k
+    dqn``) are kept from the machine's previous table, each with the date it was measured."""
+    import datetime
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = table(rows)
+    summary.insert(len(summary.columns), "date", datetime.date.today().isoformat())
+    previous = out_dir / f"learning-{machine}.csv"
+    if previous.exists():
+        old = pd.read_csv(previous)
+        if "date" not in old:
+            old["date"] = ""
+        keep = ~old.set_index(["algorithm", "task"]).index.isin(
+            summary.set_index(["algorithm", "task"]).index)
+        summary = pd.concat([old[keep], summary], ignore_index=True)
     md = out_dir / f"learning-{machine}.md"
     results.atomic_write_text(md, "# Published-threshold learning results\n\n"
                               + summary.to_markdown(index=False) + "\n")

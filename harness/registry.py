@@ -121,8 +121,39 @@ ALGORITHMS = Registry("algorithm")
 BUILTIN_MODULES: tuple[str, ...] = ("harness.backends", "reference_impls")
 
 
+#: Environment variable naming extra modules to load after the built-ins: comma-separated module
+#: names or paths to ``.py`` files, each registering backends or algorithms of its own (a
+#: user's simulator, the fault-injection backend of the tests). The matrix passes it on to
+#: its worker processes.
+PLUGINS_ENV = "RLGAUGE_PLUGINS"
+_loaded_plugins: set[str] = set()
+
+
 def load_builtins() -> None:
-    """Import the modules that register the built-in backends and algorithms (idempotent)."""
+    """Import the modules that register the built-in backends and algorithms, then the plugins
+    named in ``$RLGAUGE_PLUGINS`` (idempotent). A plugin that cannot be loaded is a UsageError
+    naming it."""
+    import os
+    import sys
+
     for module in BUILTIN_MODULES:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
+    for item in filter(None, (p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(","))):
+        if item in _loaded_plugins:
+            continue
+        try:
+            if item.endswith(".py"):
+                name = f"rlgauge_plugin_{abs(hash(os.path.abspath(item))):x}"
+                spec = importlib.util.spec_from_file_location(name, item)
+                if spec is None or not os.path.isfile(item):
+                    raise ImportError(f"no such file {item!r}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(item)
+        except ImportError as exc:
+            raise UsageError(f"plugin {item!r} from ${PLUGINS_ENV} cannot be loaded: "
+                             f"{exc}") from None
+        _loaded_plugins.add(item)

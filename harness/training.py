@@ -106,14 +106,23 @@ class TimedPolicy(TensorDictModuleBase):
 
 
 class TrainLog:
-    """Curves and scalars of one run; ``frame()`` returns them as tidy results records."""
+    """Curves and scalars of one run; ``frame()`` returns them as tidy results records.
+
+    Every point of the ``episode_return`` curve comes with an ``elapsed_s`` point at the same
+    frame count: seconds since the log was created (the start of training), so that the
+    time to reach a return threshold is read off the run, not extrapolated from its mean rate.
+    """
 
     def __init__(self):
         self.rows: list[dict] = []
+        self.t0 = time.perf_counter()
 
     def curve(self, metric: str, value: float, frames: int, unit: str = "") -> None:
         self.rows.append({"metric": metric, "value": float(value), "frames": int(frames),
                           "unit": unit})
+        if metric == "episode_return":
+            self.rows.append({"metric": "elapsed_s", "value": time.perf_counter() - self.t0,
+                              "frames": int(frames), "unit": "s"})
 
     def scalar(self, metric: str, value: float, unit: str = "") -> None:
         self.rows.append({"metric": metric, "value": float(value), "unit": unit})

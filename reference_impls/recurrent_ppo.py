@@ -24,14 +24,16 @@ Sequences, end to end:
   drawn without replacement; each chunk starts from the recurrent state stored at its first step
   (the "stored state" of Kapturowski et al., 2019, as ``RecurrentPPO`` does).
 
-Simplified relative to ``RecurrentPPO``: PyTorch's initialisation (``ortho_init`` for
-Stable-Baselines3's on the heads), no value-function clipping, no observation/reward
-normalisation; the stored states of a chunk are those of the collecting policy (an epoch does
-not refresh them).
+Observations are normalised by running statistics (``VecNorm``, as RL Zoo's ``VecNormalize``
+with ``norm_obs=True, norm_reward=False``). Simplified relative to ``RecurrentPPO``: PyTorch's
+initialisation (``ortho_init`` for Stable-Baselines3's on the heads, off in RL Zoo's
+CartPoleNoVel settings too), no value-function clipping; the stored states of a chunk are
+those of the collecting policy (an epoch does not refresh them).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +42,7 @@ from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
-from torchrl.envs import InitTracker, TransformedEnv
+from torchrl.envs import InitTracker, TransformedEnv, VecNorm, VecNormV2
 from torchrl.modules import (
     MLP,
     LSTMModule,
@@ -109,18 +111,25 @@ class Config(BaseConfig):
     """Weight of the critic loss."""
     max_grad_norm: float = 0.5
     """Gradient-norm clip per step."""
-    lstm_hidden: int = 256
-    """LSTM hidden size (``MlpLstmPolicy``: 256)."""
+    adam_eps: float = 1e-5
+    """Adam's epsilon (Stable-Baselines3's PPO: 1e-5; PyTorch's default: 1e-8)."""
+    lstm_hidden: int = 64
+    """LSTM hidden size (RL Zoo: 64; ``MlpLstmPolicy``'s default: 256)."""
     shared_lstm: bool = False
     """One LSTM under both heads (True) or one per head (False, ``RecurrentPPO``'s default)."""
-    hidden: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of the actor and critic heads on top of the LSTMs."""
-    activation: str = "tanh"
-    """Hidden activation of the heads: tanh or relu."""
+    hidden: tuple[int, ...] = (64,)
+    """Hidden layer sizes of the actor and critic heads on top of the LSTMs (RL Zoo:
+    ``net_arch=[dict(pi=[64], vf=[64])]``)."""
+    activation: str = "relu"
+    """Hidden activation of the heads: tanh or relu (RL Zoo: ReLU)."""
+    normalize_obs: bool = True
+    """Normalise observations by running mean and variance (torchrl's ``VecNorm``; RL Zoo's
+    ``normalize: {norm_obs: True, norm_reward: False}``); evaluation uses the frozen
+    statistics."""
     ortho_init: bool = False
     """Orthogonal initialisation of the heads as Stable-Baselines3's (hidden layers gain
-    sqrt(2), policy output 0.01, value output 1, zero biases); False: PyTorch's default, which
-    did better here (CartPoleNoVel, 100k frames, final return: 95 and 158 with, 232 without)."""
+    sqrt(2), policy output 0.01, value output 1, zero biases); False: PyTorch's default (RL
+    Zoo's CartPoleNoVel setting)."""
     eval_episodes: int = 10
     """Episodes of the deterministic policy for ``final_return`` (0 skips evaluation)."""
     max_episode_steps: int = 1000
@@ -149,12 +158,27 @@ def config_for(backend: str, task: str, **overrides) -> Config:
 # --------------------------------------------------------------------------- building blocks
 
 
-def make_env(config: Config):
-    """The task from ``harness.backends`` with episode starts (``InitTracker``) tracked;
-    ``add_primers`` adds the recurrent states of a policy's LSTMs."""
+def make_env(config: Config, obs_norm: VecNorm | None = None):
+    """The task from ``harness.backends`` with episode starts (``InitTracker``) tracked and,
+    when ``normalize_obs``, observations normalised: by running statistics of its own, or by a
+    frozen copy of ``obs_norm``'s (evaluation). ``add_primers`` adds the recurrent states of a
+    policy's LSTMs."""
     env = backends.make_env(config.backend, config.task, device=config.device,
                             num_envs=config.num_envs, seed=config.seed)
-    return TransformedEnv(env, InitTracker())
+    env = TransformedEnv(env, InitTracker())
+    if config.normalize_obs:
+        with warnings.catch_warnings():  # "experimental" for batched envs: we reduce over them
+            warnings.filterwarnings("ignore", message="Support of VecNormV2")
+            env.append_transform(
+                obs_norm.frozen_copy() if obs_norm is not None
+                else VecNorm(in_keys=["observation"], new_api=True, decay=1.0,
+                             reduce_batch_dims=True))
+    return env
+
+
+def _obs_norm(env) -> VecNorm | None:
+    """The observation-normalising transform of ``env``, if any."""
+    return next((t for t in env.transform if isinstance(t, VecNormV2)), None)
 
 
 def _lstm(config: Config, input_size: int, name: str) -> LSTMModule:
@@ -235,7 +259,7 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
     actor, critic, policy = make_modules(config, env)
     add_primers(env, policy)
     loss_module = make_loss(config, actor, critic)
-    optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr, eps=config.adam_eps)
 
     steps = config.frames_per_batch // config.num_envs  # one row per env
     chunk_len = config.chunk_len or steps
@@ -307,7 +331,8 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
     wall = clock.elapsed()
     close_run(collector, env)
     timing_records(log, sections, frames, wall)
-    final_evaluation(log, make_env, config, actor,
+    obs_norm = _obs_norm(env)
+    final_evaluation(log, lambda c: make_env(c, obs_norm), config, actor,
                      prepare=lambda e: add_primers(e, actor))
     return TrainResult(log.frame(ALGORITHM, config), {"actor": actor, "critic": critic})
 
