@@ -115,15 +115,28 @@ def _asv_machine(session: nox.Session) -> None:
                 "--cpu", cpu, "--num_cpu", str(os.cpu_count()), "--ram", str(ram), silent=True)
 
 
+#: the training grids of `nox -s bench` (quick, the default) and `nox -s bench -- --full`
+MATRIX = {
+    "quick": ["--algorithms", "all", "--backends", "gymnasium,dm_control", "--quick",
+              "--seeds", "2"],
+    "full": ["--algorithms", "all", "--backends", "gymnasium,dm_control,envpool",
+             "--devices", "all", "--seeds", "3"],
+}
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """asv suite on this checkout in this venv, saved under results/asv, HTML in results/html."""
+    """asv suite (results/asv, dashboard results/html, table results/bench/<machine>.md), then
+    the training matrix (quick grid; `-- --full` for the long one) and its report under
+    results/report/<machine>-<grid>/."""
     install(session, "bench")
     _asv_machine(session)
     pos = list(session.posargs)
     if pos and not pos[0].startswith("-"):  # an explicit asv subcommand: `-- compare A B`
         session.run("asv", *pos)
         return
+    grid = "full" if "--full" in pos else "quick"
+    pos = [p for p in pos if p != "--full"]
     # --python=same measures this venv (where the project is installed editable); results of an
     # existing environment are saved only with --set-commit-hash.
     head = session.run("git", "rev-parse", "HEAD", external=True, silent=True).strip()
@@ -134,9 +147,25 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "harness", "asv-table", "results/asv", "--machine", ASV_MACHINE,
                 "--out", str(table))
     html = ROOT / "results" / "html" / "index.html"
+    # the grid's runs live per commit (re-running at the same commit resumes; a new commit
+    # starts afresh); the report has a stable path
+    cells = ROOT / "results" / "matrix" / ASV_MACHINE / f"{head[:12]}-{grid}"
+    report = ROOT / "results" / "report" / f"{ASV_MACHINE}-{grid}"
+    session.run("python", "-m", "harness", "run", *MATRIX[grid], "--out", str(cells),
+                "--report-dir", str(report))
     session.log(f"asv dashboard: {html}  (serve it with `asv preview`, or open the file)")
-    session.log(f"table of this run: {table}")
+    session.log(f"asv table of this run: {table}")
     session.log(f"asv raw results: {ROOT / 'results' / 'asv' / ASV_MACHINE}")
+    session.log(f"training matrix report: {report / 'report.md'} (and .csv, .html, plots/)")
+    session.log(f"training matrix runs: {cells}")
+
+
+@nox.session(python=PYTHON, default=False)
+def ray(session: nox.Session) -> None:
+    """The matrix's Ray executor against a local Ray instance (Ray is a large optional
+    dependency, so this test has its own session)."""
+    install(session, "test", "ray")
+    session.run("pytest", "tests/test_matrix_ray.py", "-q", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -4,8 +4,12 @@ Subcommands::
 
     doctor      versions, torchrl extension, MuJoCo, envpool, GPUs: paste into bug reports
     list        registered algorithms, backends (with their tasks) and devices available here
-    table DIR   a results directory (or file) as a table: markdown, csv or html
+    table DIR   a results directory (or file) as tables: markdown, csv or html (and with
+                --report-dir, every format plus plots)
     train ALGO  train one reference algorithm on one backend/task/device, with a progress bar
+    run         a grid of training runs (algorithms x backends x tasks x devices x seeds), each
+                in its own worker process; resumable; ends with the report
+    compare     two result sets side by side; exit 1 when a row is significantly worse
     env B T     build one env, check its specs and time a random rollout
     asv-table   the latest asv results as a Markdown table
     build-ext   make torchrl's C++ extension load (rebuilds it against the installed torch)
@@ -47,6 +51,59 @@ def _parser() -> argparse.ArgumentParser:
                                             "it) or one results file")
     t.add_argument("--format", choices=("markdown", "csv", "html"), default="markdown")
     t.add_argument("--out", type=Path, help="also write the table to this file (atomically)")
+    t.add_argument("--report-dir", type=Path, help="also write report.md, report.csv, "
+                                                   "report.html and plots/*.png there")
+
+    m = sub.add_parser("run", help="run a grid of training runs (the matrix), each cell in its "
+                                   "own process; re-running resumes")
+    m.add_argument("--algorithms", default="all",
+                   help="comma-separated algorithms, or 'all' (default: all)")
+    m.add_argument("--backends", default="gymnasium,dm_control",
+                   help="comma-separated env backends (default: gymnasium,dm_control)")
+    m.add_argument("--tasks", help="comma-separated tasks (default: each backend's default "
+                                   "tasks that fit the algorithm; --quick: the first one)")
+    m.add_argument("--devices", default="cpu",
+                   help="comma-separated devices; 'all' = cpu and cuda, cells on an absent "
+                        "device recorded as skipped (default: cpu)")
+    m.add_argument("--num-envs", help="comma-separated env batch sizes (default: each "
+                                      "algorithm's)")
+    m.add_argument("--seeds", type=int, default=1, help="seeds per cell: 0..N-1 (default: 1)")
+    m.add_argument("--frames", type=int, help="env frames per run (default: each algorithm's "
+                                              "budget for the task; --quick: a few thousand)")
+    m.add_argument("--quick", action="store_true",
+                   help="small budgets and one task per backend: throughput and time split, "
+                        "not learning")
+    m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="Config override for every cell, e.g. --set lr=3e-4")
+    m.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: forkserver worker processes (default); ray: tasks on a Ray "
+                        "cluster (ray.init(address='auto') or a local one)")
+    m.add_argument("--workers", type=int, help="cells run at once (default: cores / threads)")
+    m.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
+    m.add_argument("--timeout", type=float, help="seconds per cell before it is killed and "
+                                                 "recorded as timeout (default: 600 with "
+                                                 "--quick, else 7200)")
+    m.add_argument("--mem-limit-mb", type=float,
+                   help="kill a cell whose resident memory exceeds this (default: the "
+                        "machine's memory / workers)")
+    m.add_argument("--retry-failed", action="store_true",
+                   help="also re-run cells recorded as failed or timed out")
+    m.add_argument("--out", type=Path, default=Path("results/matrix"),
+                   help="directory of the grid: cells/, logs/ and the report "
+                        "(default: results/matrix)")
+    m.add_argument("--report-dir", type=Path, help="where the report goes (default: --out)")
+    m.add_argument("--no-report", action="store_true", help="skip the report at the end")
+
+    c = sub.add_parser("compare", help="two result sets side by side, with ratios, intervals "
+                                       "and verdicts; exit 1 on a significant regression")
+    c.add_argument("base", type=Path, help="baseline results directory or file")
+    c.add_argument("head", type=Path, help="results directory or file to judge")
+    c.add_argument("--threshold", type=float, default=0.10,
+                   help="relative change that counts as a regression when significant "
+                        "(default: 0.10)")
+    c.add_argument("--metrics", default="train_fps,collect_fps,final_return,time_to_threshold_s",
+                   help="comma-separated metrics to compare")
+    c.add_argument("--out", type=Path, help="also write the table to this file (atomically)")
 
     b = sub.add_parser("build-ext", help="make torchrl's C++ extension load (prioritized replay "
                                          "buffers): rebuild it against the installed torch, "
@@ -153,12 +210,31 @@ def cmd_table(args) -> int:
             raise UsageError(f"no readable results under {str(args.path)!r} ({len(errors)} bad "
                              f"file(s), listed above)")
         raise UsageError(f"no rlgauge results files under {str(args.path)!r}")
-    text = report.render(report.summary(frame), args.format)
+    text = _render_report(frame, args.format)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         results.atomic_write_text(args.out, text + "\n")
+    if args.report_dir:
+        written = report.write_report(frame, args.report_dir)
+        print(f"report: {written['markdown']}, {written['csv'].name}, {written['html'].name}, "
+              f"{len(written['plots'])} plot(s)", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _render_report(frame, fmt: str) -> str:
+    """markdown: the report's pivots (throughput, time split, return, time to threshold,
+    failures); csv: one row per cell (``report.cell_table``) or, for results without cells,
+    the median summary; html: the self-contained page without plots."""
+    from harness import report
+
+    if fmt == "markdown":
+        return report.markdown_report(frame)
+    if fmt == "html":
+        return report.html_report(frame, [])
+    cells = report.cell_table(frame)
+    return cells.to_csv(index=False) if len(cells) else report.render(report.summary(frame),
+                                                                      "csv")
 
 
 def cmd_build_ext(args) -> int:
@@ -276,6 +352,144 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _csv(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def cmd_run(args) -> int:
+    import os
+
+    from harness import matrix, registry
+
+    registry.load_builtins()
+    os.environ.setdefault("MUJOCO_GL", "egl")  # inherited by the worker processes
+    algorithms = (registry.ALGORITHMS.available() if args.algorithms == "all"
+                  else _csv(args.algorithms))
+    try:
+        num_envs = tuple(int(n) for n in _csv(args.num_envs)) or (None,)
+    except ValueError:
+        raise UsageError(f"--num-envs must be comma-separated integers, got "
+                         f"{args.num_envs!r}") from None
+    grid = matrix.Grid(algorithms=tuple(algorithms), backends=tuple(_csv(args.backends)),
+                       devices=tuple(_csv(args.devices)),
+                       tasks=tuple(_csv(args.tasks)) if args.tasks else None,
+                       num_envs=num_envs, seeds=args.seeds, frames=args.frames,
+                       quick=args.quick, overrides=tuple(args.set))
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    workers = args.workers if args.workers is not None else matrix.default_workers(args.threads)
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    timeout = args.timeout if args.timeout is not None else (600.0 if args.quick else 7200.0)
+    if timeout <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {timeout:g}")
+    mem = args.mem_limit_mb if args.mem_limit_mb is not None else _memory_mb() / workers
+    if mem <= 0:
+        raise UsageError(f"--mem-limit-mb must be > 0, got {mem:g}")
+    if args.executor == "ray":
+        from harness import matrix_ray
+
+        matrix_ray.check()  # UsageError when ray is not installed
+    specs, skips = matrix.expand(grid)  # every bad name: UsageError before any work
+    out = _writable_dir(args.out)
+    if args.report_dir is not None:
+        _writable_dir(args.report_dir)
+    todo = matrix.pending(specs, out, retry_failed=args.retry_failed)
+    print(f"grid: {len(specs)} run(s) + {len(skips)} skipped combination(s); {len(todo)} to run"
+          f", {len(specs) - len(todo)} already in {out}; {workers} worker(s), {timeout:g} s "
+          f"and {mem:,.0f} MB per run", file=sys.stderr)
+    outcome = _run_with_progress(args, specs, skips, out, workers, timeout, mem)
+    done = ", ".join(f"{n} {s}" for s, n in sorted(outcome.done.items())) or "nothing new"
+    print(f"runs: {done}; {outcome.reused} reused; {outcome.skipped} skipped combination(s)",
+          file=sys.stderr)
+    if outcome.overheads:
+        import statistics
+
+        print(f"worker overhead per run: median {statistics.median(outcome.overheads):.3f} s "
+              f"(launch to results received, minus the run's own work)", file=sys.stderr)
+    for label, why in outcome.failures:
+        print(f"  FAILED {label}: {why}", file=sys.stderr)
+    if outcome.interrupted:
+        print(f"{PROG}: interrupted; finished runs are kept in {out}: re-run the same command "
+              f"to run the rest", file=sys.stderr)
+        return 130
+    if not args.no_report:
+        cmd_table(argparse.Namespace(path=out / "cells", format="markdown", out=None,
+                                     report_dir=args.report_dir or out))
+    return 0
+
+
+def _run_with_progress(args, specs, skips, out, workers, timeout, mem):
+    from tqdm import tqdm
+
+    from harness import matrix
+
+    if args.executor == "ray":
+        from harness import matrix_ray as runner
+    else:
+        runner = matrix
+    todo = matrix.pending(specs, out, retry_failed=args.retry_failed)
+    current: dict[str, str] = {}
+    with tqdm(total=len(todo), unit="run", dynamic_ncols=True, file=sys.stderr,
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] "
+                         "{postfix}") as bar:
+        def progress(event, spec, finished, total):
+            if spec is None:
+                bar.set_postfix_str("starting workers (importing torchrl once)")
+                return
+            if event == "start":
+                current[spec.key] = spec.label()
+            else:
+                current.pop(spec.key, None)
+                bar.update(1)
+                if event != "ok":
+                    bar.write(f"{event}: {spec.label()}")
+            bar.set_postfix_str(" | ".join(current.values())[:120])
+
+        return runner.run_grid(specs, skips, out, workers=workers, timeout_s=timeout,
+                               mem_limit_mb=mem, threads=args.threads,
+                               retry_failed=args.retry_failed, progress=progress)
+
+
+def _memory_mb() -> float:
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+
+
+def cmd_compare(args) -> int:
+    from harness import report, results
+
+    for path in (args.base, args.head):
+        if not path.exists():
+            raise UsageError(f"results path {str(path)!r} does not exist")
+    if not 0 < args.threshold < 10:
+        raise UsageError(f"--threshold must be a fraction such as 0.10, got {args.threshold}")
+    metrics = tuple(_csv(args.metrics))
+    known = set(report.DIRECTION)
+    for m in metrics:
+        if m not in known:
+            raise UsageError(f"unknown metric {m!r}; valid: {', '.join(sorted(known))}")
+    frames = []
+    for path in (args.base, args.head):
+        frame, errors = results.load_many(path)
+        if errors:
+            raise errors[0]
+        if frame.empty:
+            raise UsageError(f"no rlgauge results under {str(path)!r}")
+        frames.append(frame)
+    table = report.compare(*frames, threshold=args.threshold, metrics=metrics)
+    if table.empty:
+        raise UsageError(f"{args.base} and {args.head} share no cell with the metrics "
+                         f"{', '.join(metrics)}")
+    text = report.compare_markdown(table, args.threshold)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        results.atomic_write_text(args.out, text + "\n")
+    return 1 if table["regression"].any() else 0
+
+
 def _writable_dir(path: Path) -> Path:
     """``path`` as an existing writable directory (created), or UsageError before any work."""
     import os
@@ -291,7 +505,7 @@ def _writable_dir(path: Path) -> Path:
 
 COMMANDS = {"doctor": cmd_doctor, "list": cmd_list, "table": cmd_table,
             "build-ext": cmd_build_ext, "env": cmd_env, "asv-table": cmd_asv_table,
-            "train": cmd_train}
+            "train": cmd_train, "run": cmd_run, "compare": cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,9 @@ QUICK_FRAMES: dict[str, int] = {
     "ppo": 4096, "dqn": 3000, "ddpg": 2000, "recurrent_dqn": 2048, "recurrent_ppo": 2048,
 }
 QUICK_FRAMES_DEFAULT = 2048
+#: Config overrides of ``--quick`` cells (before the user's ``--set``): the deterministic
+#: evaluation of the final policy runs 2 episodes instead of 10
+QUICK_OVERRIDES: tuple[str, ...] = ("eval_episodes=2",)
 #: the modules every worker process imports once, in the forkserver
 PRELOAD = ["torch", "tensordict", "torchrl", "gymnasium", "dm_control.suite", "harness.training",
            "harness.backends",
@@ -194,8 +197,10 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
                             frames = grid.frames
                             if frames is None and grid.quick:
                                 frames = QUICK_FRAMES.get(algorithm, QUICK_FRAMES_DEFAULT)
+                            overrides = (QUICK_OVERRIDES if grid.quick else ()) + tuple(
+                                grid.overrides)
                             spec = RunSpec(algorithm, backend, task, device, seed, frames,
-                                           num_envs, tuple(grid.overrides))
+                                           num_envs, overrides)
                             why = reason or device_skips.get(device)
                             if why is None and task not in backends.available_tasks(backend):
                                 why = f"backend {backend} has no task {task!r}"
@@ -250,16 +255,21 @@ def _cell_main(conn, spec: RunSpec, threads: int, plugins: str | None) -> None:
     """Worker process: train one cell and send ``("ok", records, work_s)`` or
     ``("error", message, traceback)``. SIGINT is the runner's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send(cell_message(spec, threads, plugins))
+    finally:
+        conn.close()
+
+
+def cell_message(spec: RunSpec, threads: int, plugins: str | None) -> tuple:
+    """Run one cell here: ``("ok", records, work_s)`` or ``("error", one_line, traceback)``."""
     start = time.perf_counter()
     try:
         if plugins:
             os.environ["RLGAUGE_PLUGINS"] = plugins
-        records = run_cell(spec, threads)
-        conn.send(("ok", records, time.perf_counter() - start))
+        return "ok", run_cell(spec, threads), time.perf_counter() - start
     except BaseException as exc:  # noqa: BLE001 -- everything becomes a failed row
-        conn.send(("error", _one_line(exc), traceback.format_exc()))
-    finally:
-        conn.close()
+        return "error", _one_line(exc), traceback.format_exc()
 
 
 def run_cell(spec: RunSpec, threads: int = 1) -> pd.DataFrame:
@@ -367,6 +377,21 @@ def pending(specs: Sequence[RunSpec], out: Path, *, retry_failed: bool) -> list[
     return todo
 
 
+def prepare(specs: Sequence[RunSpec], skips: Iterable[Skip], out: Path, outcome: Outcome, *,
+            retry_failed: bool) -> list[RunSpec]:
+    """Write the skipped combinations' rows (once) and return the cells still to run."""
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    for skip in skips:
+        path = cell_path(out, skip.spec)
+        if cell_status(path) is None:
+            results.save(results.failure_record(skip.reason, status="skipped",
+                                                **skip.spec.context()), path)
+        outcome.skipped += 1
+    todo = pending(specs, out, retry_failed=retry_failed)
+    outcome.reused = len(specs) - len(todo)
+    return todo
+
+
 def _context():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
@@ -400,17 +425,8 @@ def run_grid(specs: Sequence[RunSpec], skips: Iterable[Skip], out: Path, *, work
     (its status). KeyboardInterrupt kills the running cells (their results are not written, so
     a re-run runs them) and returns with ``interrupted`` set.
     """
-    out = Path(out)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
     outcome = Outcome()
-    for skip in skips:
-        path = cell_path(out, skip.spec)
-        if cell_status(path) is None:
-            results.save(results.failure_record(skip.reason, status="skipped",
-                                                **skip.spec.context()), path)
-        outcome.skipped += 1
-    todo = pending(specs, out, retry_failed=retry_failed)
-    outcome.reused = len(specs) - len(todo)
+    todo = prepare(specs, skips, Path(out), outcome, retry_failed=retry_failed)
     total, finished = len(todo), 0
     if not todo:
         return outcome
@@ -444,11 +460,11 @@ def run_grid(specs: Sequence[RunSpec], skips: Iterable[Skip], out: Path, *, work
                     status = _finish(r, out, outcome)
                 elif time.perf_counter() > r.deadline:
                     _kill(r.process)
-                    status = _fail(r, out, outcome, "timeout",
+                    status = record_failure(out, r.spec, outcome, "timeout",
                                    f"timed out after {timeout_s:g} s (killed)")
                 elif mem_limit_mb and (rss := _rss_mb(r.process.pid)) > mem_limit_mb:
                     _kill(r.process)
-                    status = _fail(r, out, outcome, "failed",
+                    status = record_failure(out, r.spec, outcome, "failed",
                                    f"exceeded the memory cap of {mem_limit_mb:g} MB "
                                    f"(RSS {rss:.0f} MB; killed)")
                 if status is not None:
@@ -484,13 +500,19 @@ def _finish(r: _Running, out: Path, outcome: Outcome) -> str:
                 why += " (out of memory?)"
         else:
             why = f"worker exited with code {code} without a result"
-        return _fail(r, out, outcome, "failed", why)
+        return record_failure(out, r.spec, outcome, "failed", why)
+    return record_message(out, r.spec, outcome, message, time.perf_counter() - r.start)
+
+
+def record_message(out: Path, spec: RunSpec, outcome: Outcome, message: tuple,
+                   cell_wall_s: float) -> str:
+    """Write what a worker sent (``_cell_main``'s message) as the cell's file; its status."""
     if message[0] == "error":
         _, why, tb = message
-        _log(out, r.spec, tb)
-        return _fail(r, out, outcome, "failed", why)
+        _log(out, spec, tb)
+        return record_failure(out, spec, outcome, "failed", why)
     _, records, work_s = message
-    overhead = max(time.perf_counter() - r.start - work_s, 0.0)
+    overhead = max(cell_wall_s - work_s, 0.0)
     outcome.overheads.append(overhead)
     first = records.iloc[0]
     context = {c: first[c] for c in ("run_id", "algorithm", "backend", "task", "device",
@@ -498,18 +520,36 @@ def _finish(r: _Running, out: Path, outcome: Outcome) -> str:
     records = pd.concat([records, results.make_records(
         [{"metric": "worker_overhead_s", "value": overhead, "unit": "s"}], **context)],
         ignore_index=True)
-    results.save(records, cell_path(out, r.spec))
-    status = cell_status(cell_path(out, r.spec)) or "ok"
+    results.save(records, cell_path(out, spec))
+    status = cell_status(cell_path(out, spec)) or "ok"
     outcome.count(status)
     return status
 
 
-def _fail(r: _Running, out: Path, outcome: Outcome, status: str, why: str) -> str:
-    results.save(results.failure_record(why, status=status, **r.spec.context()),
-                 cell_path(out, r.spec))
+def record_failure(out: Path, spec: RunSpec, outcome: Outcome, status: str, why: str) -> str:
+    """Write a cell that produced no records as one ``status`` row with the reason."""
+    results.save(results.failure_record(why, status=status, **_resolved_context(spec)),
+                 cell_path(out, spec))
     outcome.count(status)
-    outcome.failures.append((r.spec.label(), why))
+    outcome.failures.append((spec.label(), why))
     return status
+
+
+def _resolved_context(spec: RunSpec) -> dict:
+    """``spec.context()`` with the algorithm's own ``num_envs`` filled in where the spec left it
+    to the algorithm, so that a failed run sits in the same table cell as its siblings."""
+    context = spec.context()
+    if spec.num_envs is None:
+        from harness import training
+
+        try:
+            _, config = training.resolve_run(
+                spec.algorithm, backend=spec.backend, task=spec.task, device=spec.device,
+                frames=spec.frames, seed=spec.seed, overrides=spec.overrides)
+            context["num_envs"] = config.num_envs
+        except Exception:  # noqa: BLE001 -- best effort: an unresolvable cell keeps None
+            pass
+    return context
 
 
 def _log(out: Path, spec: RunSpec, text: str) -> None:
@@ -551,4 +591,5 @@ def default_workers(threads: int = 1) -> int:
 
 
 __all__ = ["DEFAULT_TASKS", "QUICK_FRAMES", "Grid", "Outcome", "RunSpec", "Skip", "expand",
-           "measure_overhead", "pending", "run_cell", "run_grid", "threshold_rows"]
+           "cell_message", "measure_overhead", "pending", "record_failure", "record_message",
+           "run_cell", "run_grid", "threshold_rows"]

@@ -24,7 +24,7 @@ Sequences, end to end:
   drawn without replacement; each chunk starts from the recurrent state stored at its first step
   (the "stored state" of Kapturowski et al., 2019, as ``RecurrentPPO`` does).
 
-Observations are normalised by running statistics (``VecNorm``, as RL Zoo's ``VecNormalize``
+Observations are normalised by running statistics (``ObsNorm``, as RL Zoo's ``VecNormalize``
 with ``norm_obs=True, norm_reward=False``). Simplified relative to ``RecurrentPPO``: PyTorch's
 initialisation (``ortho_init`` for Stable-Baselines3's on the heads, off in RL Zoo's
 CartPoleNoVel settings too), no value-function clipping; the stored states of a chunk are
@@ -42,7 +42,7 @@ from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
-from torchrl.envs import InitTracker, TransformedEnv, VecNorm, VecNormV2
+from torchrl.envs import InitTracker, TransformedEnv, VecNormV2
 from torchrl.modules import (
     MLP,
     LSTMModule,
@@ -123,9 +123,9 @@ class Config(BaseConfig):
     activation: str = "relu"
     """Hidden activation of the heads: tanh or relu (RL Zoo: ReLU)."""
     normalize_obs: bool = True
-    """Normalise observations by running mean and variance (torchrl's ``VecNorm``; RL Zoo's
-    ``normalize: {norm_obs: True, norm_reward: False}``); evaluation uses the frozen
-    statistics."""
+    """Normalise observations by running mean and variance (``ObsNorm``, torchrl's ``VecNorm``
+    fixed; RL Zoo's ``normalize: {norm_obs: True, norm_reward: False}``); evaluation uses the
+    frozen statistics."""
     ortho_init: bool = False
     """Orthogonal initialisation of the heads as Stable-Baselines3's (hidden layers gain
     sqrt(2), policy output 0.01, value output 1, zero biases); False: PyTorch's default (RL
@@ -158,7 +158,7 @@ def config_for(backend: str, task: str, **overrides) -> Config:
 # --------------------------------------------------------------------------- building blocks
 
 
-def make_env(config: Config, obs_norm: VecNorm | None = None):
+def make_env(config: Config, obs_norm: VecNormV2 | None = None):
     """The task from ``harness.backends`` with episode starts (``InitTracker``) tracked and,
     when ``normalize_obs``, observations normalised: by running statistics of its own, or by a
     frozen copy of ``obs_norm``'s (evaluation). ``add_primers`` adds the recurrent states of a
@@ -171,12 +171,26 @@ def make_env(config: Config, obs_norm: VecNorm | None = None):
             warnings.filterwarnings("ignore", message="Support of VecNormV2")
             env.append_transform(
                 obs_norm.frozen_copy() if obs_norm is not None
-                else VecNorm(in_keys=["observation"], new_api=True, decay=1.0,
-                             reduce_batch_dims=True))
+                else ObsNorm(in_keys=["observation"], decay=1.0, reduce_batch_dims=True))
     return env
 
 
-def _obs_norm(env) -> VecNorm | None:
+class ObsNorm(VecNormV2):
+    """torchrl's ``VecNorm`` (new API) with the variance clamped at 0 before its square root.
+
+    torchrl 0.14.1 computes the scale as ``sqrt(E[x^2] - E[x]^2).clamp_min(eps)``: in float32
+    the difference goes slightly negative for a component that is (nearly) constant -- dm_control's
+    cartpole-swingup starts every episode at cos(angle) = -1 -- and the NaN scale makes NaN
+    observations, NaN actions and a MuJoCo ``PhysicsError``. Raising E[x^2] to at least E[x]^2
+    keeps the scale at ``eps`` there instead.
+    """
+
+    def _norm(self, data, loc, var, count):
+        var = var.apply(lambda second, mean: torch.maximum(second, mean.pow(2)), loc)
+        return super()._norm(data, loc, var, count)
+
+
+def _obs_norm(env) -> VecNormV2 | None:
     """The observation-normalising transform of ``env``, if any."""
     return next((t for t in env.transform if isinstance(t, VecNormV2)), None)
 
