@@ -328,13 +328,8 @@ def plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_title(f"{backend}/{task} ({device}): training return, IQM and 95% CI",
                      fontsize=9)
         ax.set(xlabel="env frames", ylabel="episode return")
-        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"curves-{backend}-{task}-{device}.png".replace(":", "")
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax, out_dir / f"curves-{backend}-{task}-{device}.png"))
     cells = cell_table(frame)
     cells = cells[cells["ok"] > 0]
     runs = _per_run(frame)
@@ -357,13 +352,20 @@ def plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_title(f"{backend} ({device}): frames/s, median (min-max over seeds)",
                      fontsize=9)
         ax.set_ylabel("frames/s")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"throughput-{backend}-{device}.png".replace(":", "")
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax, out_dir / f"throughput-{backend}-{device}.png"))
     return written
+
+
+def _save(fig, ax, path: Path) -> Path:
+    """Legend, tight layout, write the PNG (``cuda:0`` -> ``cuda0`` in the name), close."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = path.with_name(path.name.replace(":", ""))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 # --------------------------------------------------------------------------- files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -34,3 +35,20 @@ def _one_thread():
 
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture
+def fault_plugin():
+    """Registers the test-only ``fault`` backend (``tests/plugins/fault_backend.py``) here and,
+    through ``RLGAUGE_PLUGINS``, in every process the matrix starts. Returns the plugin path."""
+    from harness import registry
+
+    path = str(Path(__file__).resolve().parent / "plugins" / "fault_backend.py")
+    old = os.environ.get(registry.PLUGINS_ENV)
+    os.environ[registry.PLUGINS_ENV] = path
+    registry.load_builtins()
+    yield path
+    if old is None:
+        os.environ.pop(registry.PLUGINS_ENV, None)
+    else:
+        os.environ[registry.PLUGINS_ENV] = old

@@ -29,16 +29,9 @@ SMALL = ("num_envs=2", "frames_per_batch=64", "minibatch_size=32", "num_epochs=1
          "eval_episodes=1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plugin():
-    old = os.environ.get(registry.PLUGINS_ENV)
-    os.environ[registry.PLUGINS_ENV] = PLUGIN
-    registry.load_builtins()
+@pytest.fixture(autouse=True)
+def _plugin(fault_plugin):
     yield
-    if old is None:
-        os.environ.pop(registry.PLUGINS_ENV, None)
-    else:
-        os.environ[registry.PLUGINS_ENV] = old
 
 
 def _cuda() -> bool:

@@ -3,26 +3,20 @@ cells, files and failure rows as the local executor, on a local Ray instance."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
-from harness import matrix, registry, results
+from harness import matrix, results
 
 ray = pytest.importorskip("ray")
 
-ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = str(ROOT / "tests" / "plugins" / "fault_backend.py")
 SMALL = ("num_envs=2", "frames_per_batch=64", "minibatch_size=32", "num_epochs=1",
          "eval_episodes=1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plugin():
-    os.environ[registry.PLUGINS_ENV] = PLUGIN
-    registry.load_builtins()
+@pytest.fixture(autouse=True)
+def _plugin(fault_plugin):
     yield
     if ray.is_initialized():
         ray.shutdown()
