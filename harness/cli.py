@@ -76,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="Config override for every cell, e.g. --set lr=3e-4")
     m.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local: forkserver worker processes (default); ray: tasks on a Ray "
-                        "cluster (ray.init(address='auto') or a local one)")
+                   help="local: forkserver worker processes (default); ray: Ray tasks on "
+                        "the cluster at $RAY_ADDRESS, else on a local Ray (extra 'ray')")
     m.add_argument("--workers", type=int, help="cells run at once (default: cores / threads)")
     m.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
     m.add_argument("--timeout", type=float, help="seconds per cell before it is killed and "
