@@ -1,29 +1,52 @@
-"""GAE and TD(λ): torchrl's loop and vectorised kernels, against a memory-copy floor.
+"""GAE and TD(λ): torchrl's loop and vectorised kernels and rlgauge's, against a memory-copy floor.
 
 Inputs are float32 ``[B, T, 1]`` (B×T in ``SHAPES``), seeded: rewards and values ~ N(0, 1),
 ``done`` on ~1% of the steps, half of those ends being terminations and half truncations. They
 are drawn on the CPU and moved to the device, so every device sees the same numbers.
 
-- ``GAE.time_gae`` / ``TDLambda.time_td_lambda``: one call of ``generalized_advantage_estimate``
-  or ``vec_generalized_advantage_estimate`` (``td_lambda_return_estimate`` /
-  ``vec_td_lambda_return_estimate``), γ = 0.99, λ = 0.95, device synchronised inside the timer.
-- ``track_max_abs_error``: max |torchrl - oracle| against ``harness.estimators``' float64
+- ``GAE.time_gae`` / ``TDLambda.time_td_lambda``: seconds per call of the estimator,
+  γ = 0.99, λ = 0.95, device synchronised inside the timer (one call per sample for torchrl's,
+  ``calls_per_sample`` calls for rlgauge's and the floor: see ``_per_call_clock``).
+  ``impl``: torchrl's ``generalized_advantage_estimate`` / ``td_lambda_return_estimate``
+  (``torchrl_loop``), their ``vec_*`` twins (``torchrl_vec``), and ``harness.estimators.gae`` /
+  ``td_lambda_return`` (``rlgauge``: the fused C++ pass on CPU, the parallel scan on CUDA).
+- ``track_max_abs_error``: max |result - oracle| against ``harness.estimators``' float64
   oracle, over the first ``min(B, ORACLE_ROWS)`` batch rows (the oracle is O(T²); rows are
   independent, so a row subset of the full-batch call is a fair sample). Unit "abs err".
-- ``CopyFloor.time_copy``: copying a buffer of as many bytes as the kernel reads and writes
-  (inputs + outputs), the DRAM floor reference: reads and writes that many bytes, so it moves
-  twice a perfect kernel's traffic -- compare orders of magnitude, not percent.
+- ``CopyFloor.time_copy_gae`` / ``time_copy_td_lambda``: the floor. A kernel must read its
+  inputs and write its outputs once: ``footprint_bytes`` = 22 bytes per element for GAE (three
+  float32 inputs, two bool flags, two float32 outputs) and 14 for TD(λ). The floor copies
+  footprint / 2 bytes into another buffer, so that it too reads plus writes exactly the
+  footprint. ``FLOORS`` pairs each timing with its floor (rows matched on ``device`` and
+  ``shape``); the report prints their ratio as "× floor".
+- ``KernelBuild``: the native kernel's one-off costs -- the compile time recorded when the
+  cached build was made, and loading the cached build in a fresh process.
+- ``PPOAdvantage.time_advantage``: PPO's advantage step (``loss.value_estimator(batch)`` under
+  ``no_grad``: critic on s and s', then GAE) with torchrl's ``GAE`` and with ``KernelGAE``, on
+  the reference PPO's CartPole modules.
+
+``python -m bench.bench_gae [--out results/bench/gae.md]`` measures all of it interleaved in one
+process (every kernel beside its floor in the same round; medians over rounds) and prints the
+Markdown table kept in ``results/bench/gae.md``.
 """
 
 from __future__ import annotations
+
+import time
 
 from bench.common import RLBenchmark
 
 GAMMA, LMBDA = 0.99, 0.95
 DONE_RATE = 0.01
 SHAPES = ["1x1000", "8x1000", "64x1000", "256x2048"]
-IMPLS = ["torchrl_loop", "torchrl_vec"]
+IMPLS = ["torchrl_loop", "torchrl_vec", "rlgauge"]
 ORACLE_ROWS = 16
+
+#: timing -> the floor it is reported against (same module; rows matched on device and shape)
+FLOORS: dict[str, str] = {
+    "GAE.time_gae": "CopyFloor.time_copy_gae",
+    "TDLambda.time_td_lambda": "CopyFloor.time_copy_td_lambda",
+}
 
 
 def _shape(shape: str) -> tuple[int, int]:
@@ -50,17 +73,29 @@ def make_inputs(shape: str, device, seed: int = 0) -> dict:
     return {k: v.to(device) for k, v in data.items()}
 
 
-def make_call(kernel: str, impl: str, data: dict):
-    """A no-argument callable running torchrl's ``kernel`` ("gae"/"td_lambda") as ``impl``."""
+def _functions(kernel: str, impl: str):
     from torchrl.objectives.value import functional as F
 
+    from harness import estimators
+
+    table = {
+        ("gae", "torchrl_loop"): F.generalized_advantage_estimate,
+        ("gae", "torchrl_vec"): F.vec_generalized_advantage_estimate,
+        ("gae", "rlgauge"): estimators.gae,
+        ("td_lambda", "torchrl_loop"): F.td_lambda_return_estimate,
+        ("td_lambda", "torchrl_vec"): F.vec_td_lambda_return_estimate,
+        ("td_lambda", "rlgauge"): estimators.td_lambda_return,
+    }
+    return table[kernel, impl]
+
+
+def make_call(kernel: str, impl: str, data: dict):
+    """A no-argument callable running ``kernel`` ("gae"/"td_lambda") as ``impl``."""
+    fn = _functions(kernel, impl)
     d = data
     if kernel == "gae":
-        fn = (F.generalized_advantage_estimate if impl == "torchrl_loop"
-              else F.vec_generalized_advantage_estimate)
         return lambda: fn(GAMMA, LMBDA, d["state_value"], d["next_state_value"], d["reward"],
                           d["done"], d["terminated"])
-    fn = F.td_lambda_return_estimate if impl == "torchrl_loop" else F.vec_td_lambda_return_estimate
     return lambda: fn(GAMMA, LMBDA, d["next_state_value"], d["reward"], d["done"],
                       d["terminated"])
 
@@ -91,23 +126,48 @@ def footprint_bytes(kernel: str, data: dict) -> int:
     return read + outputs * data["reward"].numel() * data["reward"].element_size()
 
 
+# asv re-runs ``setup`` before every timed sample of a class that has one (asv_runner 0.3.2,
+# asv#966), so ``number`` cannot batch calls, and one microsecond-scale call straight after a
+# setup times cold caches (measured: ~27 µs for a 4 µs call at 1x1000). The microsecond-scale
+# cases (rlgauge's kernel and the copy floor) call ``calls_per_sample`` times per sample, and
+# their classes' ``timer`` divides the clock by that count: asv records seconds per call.
+_calls = [1]  # the current sample's number of calls, set by setup
+
+
+def _per_call_clock() -> float:
+    return time.perf_counter() / _calls[0]
+
+
+def calls_per_sample(shape: str, impl: str = "rlgauge") -> int:
+    """Calls per timed sample: ~1M elements' worth for the fast cases, 1 for torchrl's."""
+    B, T = _shape(shape)
+    return 1 if impl.startswith("torchrl") else max(1, 1_000_000 // (B * T))
+
+
 class _Estimator(RLBenchmark):
     kernel = ""
     param_names = (*RLBenchmark.param_names, "impl", "shape")
     params = (*RLBenchmark.params, IMPLS, SHAPES)
-    number = 1  # 256x2048 vectorised takes ~0.7 s a call on one CPU thread
+    number = 1  # 256x2048 vectorised takes ~0.5 s a call on one CPU thread
     repeat = (3, 10, 1.0)  # >= 3 samples, then stop once 1 s is spent
     warmup_time = 0.0  # setup warms up
-    timeout = 120
+    timeout = 120  # the first rlgauge setup may compile the native kernel (~40 s, then cached)
+    timer = staticmethod(_per_call_clock)
 
     def setup(self, device, impl, shape):
         super().setup(device)
         self.data = make_inputs(shape, self.device)
         self.call = make_call(self.kernel, impl, self.data)
+        self.calls = _calls[0] = calls_per_sample(shape, impl)
         self.call()  # warm-up outside the timer
         from harness.devices import synchronize
 
         self.sync = synchronize
+        self.sync(self.device)
+
+    def _timed(self):
+        for _ in range(self.calls):
+            self.call()
         self.sync(self.device)
 
     def track_max_abs_error(self, device, impl, shape):
@@ -117,48 +177,266 @@ class _Estimator(RLBenchmark):
 
 
 class GAE(_Estimator):
-    """GAE over [B, T, 1] float32: torchrl's loop vs vectorised kernel."""
+    """GAE over [B, T, 1] float32: torchrl's loop and vectorised kernels, and rlgauge's."""
 
     kernel = "gae"
 
     def time_gae(self, device, impl, shape):
-        self.call()
-        self.sync(self.device)
+        self._timed()
 
 
 class TDLambda(_Estimator):
-    """TD(λ) return over [B, T, 1] float32: torchrl's loop vs vectorised kernel."""
+    """TD(λ) return over [B, T, 1] float32: torchrl's loop and vectorised kernels, and rlgauge's."""
 
     kernel = "td_lambda"
 
     def time_td_lambda(self, device, impl, shape):
-        self.call()
-        self.sync(self.device)
+        self._timed()
 
 
 class CopyFloor(RLBenchmark):
-    """The floor: copy a buffer of the kernel's footprint (input bytes + output bytes)."""
+    """The floor: copy footprint / 2 bytes, so that bytes read + written = the kernel's own."""
 
-    param_names = (*RLBenchmark.param_names, "kernel", "shape")
-    params = (*RLBenchmark.params, ["gae", "td_lambda"], SHAPES)
+    param_names = (*RLBenchmark.param_names, "shape")
+    params = (*RLBenchmark.params, SHAPES)
     number = 1
     repeat = (3, 10, 0.5)
     warmup_time = 0.0
     timeout = 60
+    timer = staticmethod(_per_call_clock)  # per copy; as many copies per sample as rlgauge calls
 
-    def setup(self, device, kernel, shape):
+    def setup(self, device, shape):
         import torch
 
         from harness.devices import synchronize
 
         super().setup(device)
-        nbytes = footprint_bytes(kernel, make_inputs(shape, "cpu"))
-        self.src = torch.ones(nbytes, dtype=torch.uint8, device=self.device)
-        self.dst = torch.empty_like(self.src)
+        self.calls = _calls[0] = calls_per_sample(shape)
+        data = make_inputs(shape, "cpu")
+        self.buffers = {}
+        for kernel in ("gae", "td_lambda"):
+            src = torch.ones(footprint_bytes(kernel, data) // 2, dtype=torch.uint8,
+                             device=self.device)
+            dst = torch.empty_like(src)
+            dst.copy_(src)  # warm-up: touch both buffers
+            self.buffers[kernel] = (dst, src)
         self.sync = synchronize
-        self.dst.copy_(self.src)  # warm-up: touch both buffers
         self.sync(self.device)
 
-    def time_copy(self, device, kernel, shape):
-        self.dst.copy_(self.src)
+    def time_copy_gae(self, device, shape):
+        dst, src = self.buffers["gae"]
+        for _ in range(self.calls):
+            dst.copy_(src)
         self.sync(self.device)
+
+    def time_copy_td_lambda(self, device, shape):
+        dst, src = self.buffers["td_lambda"]
+        for _ in range(self.calls):
+            dst.copy_(src)
+        self.sync(self.device)
+
+
+_LOAD_SNIPPET = ("import time; t = time.perf_counter(); from harness import gae_native; "
+                 "m = gae_native.load(); print(time.perf_counter() - t if m else -1)")
+
+
+class KernelBuild:
+    """The native kernel's one-off costs: compile (recorded at build time) and cached load."""
+
+    timeout = 300
+
+    def setup(self):
+        from harness import estimators, gae_native
+
+        if not estimators.native_available():  # builds it if the cache is cold
+            raise NotImplementedError(f"native GAE kernel unavailable: "
+                                      f"{gae_native.status().detail}")
+
+    def track_cold_build_s(self):
+        """Seconds the compile took when the cached build was made, on this machine."""
+        from harness import gae_native
+
+        seconds = gae_native.recorded_build_seconds()
+        return float("nan") if seconds is None else seconds
+
+    track_cold_build_s.unit = "s"
+
+    def track_cached_load_s(self):
+        """Seconds ``gae_native.load()`` takes in a fresh process (torch already imported)."""
+        import subprocess
+        import sys
+
+        proc = subprocess.run([sys.executable, "-c", "import torch; " + _LOAD_SNIPPET],
+                              capture_output=True, text=True, timeout=120)
+        return float(proc.stdout.strip().splitlines()[-1])
+
+    track_cached_load_s.unit = "s"
+
+
+PPO_SHAPES = ["8x32", "64x256"]  # [num_envs, steps]: RL Zoo CartPole's batch, and a bigger one
+
+
+def make_ppo_advantage(estimator: str, shape: str, device):
+    """(PPO's value estimator, a seeded CartPole-shaped batch) for ``Config.advantage``."""
+    import torch
+    from tensordict import TensorDict
+
+    from reference_impls import ppo
+
+    config = ppo.config_for("gymnasium", "cartpole", advantage=estimator, device=str(device))
+    env = ppo.make_env(config)
+    try:
+        actor, critic = ppo.make_modules(config, env)
+    finally:
+        env.close()
+    loss = ppo.make_loss(config, actor, critic)
+    B, T = _shape(shape)
+    g = torch.Generator().manual_seed(0)
+    ends = torch.rand(B, T, 1, generator=g) < DONE_RATE
+    batch = TensorDict({
+        "observation": torch.randn(B, T, 4, generator=g),
+        "next": {"observation": torch.randn(B, T, 4, generator=g),
+                 "reward": torch.ones(B, T, 1),
+                 "done": ends, "terminated": ends & (torch.rand(B, T, 1, generator=g) < 0.5)},
+    }, [B, T]).to(device)
+    return loss.value_estimator, batch
+
+
+class PPOAdvantage(RLBenchmark):
+    """PPO's advantage step (critic on s and s', then GAE) with torchrl's GAE and rlgauge's."""
+
+    param_names = (*RLBenchmark.param_names, "estimator", "shape")
+    params = (*RLBenchmark.params, ["torchrl", "rlgauge"], PPO_SHAPES)
+    number = 1
+    repeat = (3, 20, 1.0)
+    warmup_time = 0.0
+    timeout = 120
+
+    def setup(self, device, estimator, shape):
+        import torch
+
+        from harness.devices import synchronize
+
+        super().setup(device)
+        self.estimator, self.batch = make_ppo_advantage(estimator, shape, self.device)
+        self.no_grad = torch.no_grad
+        self.sync = synchronize
+        self.time_advantage(device, estimator, shape)  # warm-up
+
+    def time_advantage(self, device, estimator, shape):
+        with self.no_grad():
+            self.estimator(self.batch)
+        self.sync(self.device)
+
+
+# --------------------------------------------------------------------------- one-process table
+
+
+def measure_table(shapes=SHAPES, impls=IMPLS, rounds: int = 7, budget_s: float = 0.05) -> list:
+    """Rows (kernel, impl, shape, median seconds, median ratio to the floor, max abs error).
+
+    Every kernel and its floor are timed in the same round, rounds interleave all cases, and
+    the ratio is taken per round before the median: the machine's drift cancels out.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    from harness.timing import measure
+
+    torch.set_num_threads(1)
+    cases = []
+    for shape in shapes:
+        data = make_inputs(shape, "cpu")
+        for kernel in ("gae", "td_lambda"):
+            src = torch.ones(footprint_bytes(kernel, data) // 2, dtype=torch.uint8)
+            dst = torch.empty_like(src)
+            floor = lambda dst=dst, src=src: dst.copy_(src)  # noqa: E731
+            for impl in impls:
+                call = make_call(kernel, impl, data)
+                t0 = time.perf_counter()
+                result = call()
+                once = time.perf_counter() - t0
+                number = max(1, int(budget_s / max(once, 1e-7) / 3))
+                cases.append(dict(kernel=kernel, impl=impl, shape=shape, call=call, floor=floor,
+                                  number=number, error=oracle_error(kernel, result, data),
+                                  times=[], ratios=[]))
+    for _ in range(rounds):
+        for c in cases:
+            f = measure(c["floor"], repeat=3, number=max(c["number"], 1), warmup=1).median
+            k = measure(c["call"], repeat=3, number=c["number"], warmup=1).median
+            c["times"].append(k)
+            c["ratios"].append(k / f)
+    return [(c["kernel"], c["impl"], c["shape"], statistics.median(c["times"]),
+             statistics.median(c["ratios"]), c["error"]) for c in cases]
+
+
+def measure_ppo(shapes=PPO_SHAPES, rounds: int = 7) -> list:
+    """Rows (shape, torchrl seconds, rlgauge seconds): PPO's advantage step, interleaved."""
+    import statistics
+
+    import torch
+
+    from harness.timing import measure
+
+    torch.set_num_threads(1)
+    rows = []
+    for shape in shapes:
+        steps = {name: make_ppo_advantage(name, shape, "cpu") for name in ("torchrl", "rlgauge")}
+
+        def step(est, batch):
+            with torch.no_grad():
+                est(batch)
+
+        times = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, (est, batch) in steps.items():
+                times[name].append(measure(lambda e=est, b=batch: step(e, b), repeat=3,
+                                           number=5, warmup=1).median)
+        rows.append((shape, statistics.median(times["torchrl"]),
+                     statistics.median(times["rlgauge"])))
+    return rows
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
+
+
+def main(argv=None) -> int:
+    import argparse
+    import platform
+
+    import torch
+
+    from harness import gae_native
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the Markdown table here too")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    native = gae_native.status()
+    lines = [f"# bench_gae: one process, interleaved ({platform.node()}, torch {torch.__version__},"
+             f" threads=1, {args.rounds} rounds, medians)", "",
+             f"Native kernel: {native.detail}; compile {native.build_seconds} s when built; "
+             f"this process loaded it in {native.load_seconds:.3f} s.", "",
+             "| kernel | impl | shape | time | × floor | max abs err vs float64 |",
+             "|---|---|---|---|---|---|"]
+    for kernel, impl, shape, t, ratio, err in measure_table(rounds=args.rounds):
+        lines.append(f"| {kernel} | {impl} | {shape} | {_fmt(t)} | {ratio:.2f} | {err:.1e} |")
+    lines += ["", "| PPO advantage step | torchrl GAE | rlgauge KernelGAE | speed-up |",
+              "|---|---|---|---|"]
+    for shape, t_torchrl, t_rlgauge in measure_ppo(rounds=args.rounds):
+        lines.append(f"| {shape} | {_fmt(t_torchrl)} | {_fmt(t_rlgauge)} | "
+                     f"{t_torchrl / t_rlgauge:.1f}× |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

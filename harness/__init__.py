@@ -6,6 +6,13 @@ Modules (see DESIGN.md):
 - ``devices``     -- which devices exist here; device synchronisation for honest timing
 - ``results``     -- the tidy results schema, validation, atomic writes, provenance
 - ``torchrl_ext`` -- detects and rebuilds torchrl's C++ extension (prioritized replay)
+- ``backends`` / ``probes`` -- env backends behind one convention; closed-form probe envs
+- ``estimators``  -- GAE / TD(λ): float64 oracles and the fast kernels (``gae_native``: the
+  fused C++ kernel, built and cached on first use; ``gae_estimator``: torchrl-compatible module)
+- ``training`` / ``learning`` -- what every reference algorithm shares; published thresholds
+- ``matrix`` (+ ``matrix_ray``) -- grids of runs in isolated worker processes, resumable
+- ``report``      -- tables, plots, intervals and comparisons of results
+- ``timing`` / ``asv_results`` -- timers and calibration; asv's database as tables
 - ``doctor``      -- the environment report behind ``python -m harness doctor``
 - ``cli``         -- ``python -m harness ...`` / ``rlgauge ...``; the only module that prints
 

@@ -79,6 +79,21 @@ def _plain(module: str, dist: str) -> Callable[[], str]:
     return check
 
 
+def _gae_kernel() -> str:
+    """rlgauge's native GAE / TD(λ) kernel: cached build or not yet built (never builds here:
+    the first use compiles it, ~30-40 s)."""
+    from harness import gae_native
+
+    if not gae_native.enabled():
+        return f"disabled ({gae_native.ENV_SWITCH}=0): the pure-torch scan is used"
+    path = gae_native.cached_path()
+    if not path.exists():
+        return "not built yet: compiles on first use (~30-40 s, needs a C++ compiler and ninja)"
+    seconds = gae_native.recorded_build_seconds(path)
+    built = f", compiled in {seconds:.0f} s" if seconds else ""
+    return f"cached build {path.parent.name}{built}"
+
+
 def _extension() -> str:
     from harness import torchrl_ext
 
@@ -169,6 +184,7 @@ def checks() -> list[Check]:
         _guard("tensordict", True, _plain("tensordict", "tensordict")),
         _guard("torchrl", True, _plain("torchrl", "torchrl")),
         _guard("torchrl extension", True, _extension),
+        _guard("GAE kernel", False, _gae_kernel),
         _guard("gymnasium", True, _gymnasium),
         _guard("mujoco", True, _mujoco),
         _guard("dm_control", True, _dm_control),

@@ -1,11 +1,14 @@
-"""torchrl's value estimators against closed-form returns and the float64 oracle.
+"""Value estimators against closed-form returns and the float64 oracle: torchrl's and rlgauge's.
 
-Checked: the functional forms ``generalized_advantage_estimate``, ``vec_generalized_advantage_
-estimate``, ``td_lambda_return_estimate``, ``vec_td_lambda_return_estimate``,
-``td0_return_estimate`` and the modules ``GAE``, ``TDLambdaEstimator``, ``TD0Estimator`` (on
-probe-env rollouts with a value network whose output is known). The reference is
-``harness.estimators`` (explicit sums, float64) and, where one exists, the closed form stated
-next to the assertion.
+Checked: torchrl's functional forms ``generalized_advantage_estimate``, ``vec_generalized_
+advantage_estimate``, ``td_lambda_return_estimate``, ``vec_td_lambda_return_estimate``,
+``td0_return_estimate``; rlgauge's kernels ``harness.estimators.gae`` / ``td_lambda_return``
+(the fused C++ pass on CPU) and ``gae_scan`` / ``td_lambda_return_scan`` (the parallel scan that
+runs on CUDA and wherever the C++ build is unavailable); and the modules ``GAE``,
+``TDLambdaEstimator``, ``TD0Estimator`` and rlgauge's ``KernelGAE`` (on probe-env rollouts with a
+value network whose output is known). Every functional test runs over all implementations
+(``IMPLS``). The reference is ``harness.estimators``' oracle (explicit sums, float64) and,
+where one exists, the closed form stated next to the assertion.
 
 Tolerances (max abs error against the float64 oracle):
 
@@ -31,7 +34,7 @@ first two, and the xfails pin them down):
   γ and γλ rounded to float32 (``(~done).int() * gamma`` is a float32 tensor), and so do the
   vectorised GAE (``not_terminated * gamma``), ``td0_return_estimate`` (same pattern) and the
   vectorised TD(λ) (``torch.full((1,), gamma)``); only the loop TD(λ) is float64 throughout.
-  Error ~1e-7 where 1e-15 is possible.
+  Error ~1e-7 where 1e-15 is possible. rlgauge's kernels keep γ and λ in float64 there.
 """
 
 from __future__ import annotations
@@ -56,11 +59,16 @@ from torchrl.objectives.value.functional import (
 
 from harness import probes
 from harness.estimators import (
+    gae,
+    gae_scan,
     oracle_gae,
     oracle_mc_return,
     oracle_td0_return,
     oracle_td_lambda_return,
+    td_lambda_return,
+    td_lambda_return_scan,
 )
+from harness.gae_estimator import KernelGAE
 
 pytestmark = pytest.mark.analytical
 
@@ -155,12 +163,13 @@ def assert_close(actual, expected, atol: float, what: str = "") -> None:
 
 @dataclass(frozen=True)
 class Impl:
-    """A torchrl estimator, reduced to 'value target from a Case' (GAE: A + V; TD(λ): return)."""
+    """An estimator, reduced to 'value target from a Case' (GAE: A + V; TD(λ): return)."""
 
     name: str
     kind: str  # "gae" or "td_lambda"
     fn: Callable
-    vectorised: bool
+    vectorised: bool  # torchrl's vectorised forms (their known bugs are xfailed below)
+    float64_discount: bool = False  # keeps γ, λ in float64 for float64 inputs
 
     def target(self, gamma, lmbda, c: Case) -> torch.Tensor:
         if self.kind == "gae":
@@ -180,8 +189,13 @@ class Impl:
 IMPLS = [
     Impl("gae-loop", "gae", generalized_advantage_estimate, False),
     Impl("gae-vec", "gae", vec_generalized_advantage_estimate, True),
-    Impl("td_lambda-loop", "td_lambda", td_lambda_return_estimate, False),
+    Impl("td_lambda-loop", "td_lambda", td_lambda_return_estimate, False, True),
     Impl("td_lambda-vec", "td_lambda", vec_td_lambda_return_estimate, True),
+    # rlgauge: the dispatching kernels (C++ on CPU) and the parallel scan (CUDA, fallback)
+    Impl("gae-rlgauge", "gae", gae, False, True),
+    Impl("gae-rlgauge-scan", "gae", gae_scan, False, True),
+    Impl("td_lambda-rlgauge", "td_lambda", td_lambda_return, False, True),
+    Impl("td_lambda-rlgauge-scan", "td_lambda", td_lambda_return_scan, False, True),
 ]
 IMPL_IDS = [i.name for i in IMPLS]
 
@@ -382,7 +396,7 @@ def test_float32_inputs_within_tolerance(impl):
 
 @pytest.mark.parametrize(
     "impl",
-    [pytest.param(i, marks=[] if i.name == "td_lambda-loop" else
+    [pytest.param(i, marks=[] if i.float64_discount else
                   [pytest.mark.xfail(strict=True, raises=AssertionError, reason=F32_DISCOUNT)])
      for i in IMPLS], ids=IMPL_IDS)
 def test_float64_inputs_are_discounted_in_float64(impl):
@@ -478,6 +492,7 @@ MODULES = {  # name: constructor(gamma, lmbda, value_network)
     "TDLambda-vec": lambda g, lam, net: TDLambdaEstimator(gamma=g, lmbda=lam, value_network=net,
                                                           vectorized=True),
     "TD0": lambda g, lam, net: TD0Estimator(gamma=g, value_network=net),
+    "GAE-rlgauge": lambda g, lam, net: KernelGAE(gamma=g, lmbda=lam, value_network=net),
 }
 
 
@@ -522,7 +537,8 @@ def test_module_exact_value_has_zero_advantage(module, task):
                  f"{module} vs oracle")
 
 
-@pytest.mark.parametrize("module", ["GAE-loop", "GAE-vec", "TDLambda-loop", "TDLambda-vec"])
+@pytest.mark.parametrize("module", ["GAE-loop", "GAE-vec", "TDLambda-loop", "TDLambda-vec",
+                                    "GAE-rlgauge"])
 @pytest.mark.parametrize("task", ["constant-terminated", "constant-truncated"])
 def test_module_bootstraps_only_on_truncation(module, task):
     H, gamma, c = 4, 0.9, 5.0
@@ -537,7 +553,7 @@ def test_module_bootstraps_only_on_truncation(module, task):
 @pytest.mark.parametrize(
     "module", [pytest.param(m, marks=[pytest.mark.xfail(raises=IndexError, strict=True,
                                                         reason=VEC_CRASH)] if "vec" in m else [])
-               for m in ["GAE-loop", "GAE-vec", "TDLambda-loop", "TDLambda-vec"]])
+               for m in ["GAE-loop", "GAE-vec", "TDLambda-loop", "TDLambda-vec", "GAE-rlgauge"]])
 def test_module_lambda0_is_td0(module):
     env, data = probe_rollout("last-reward", steps=11, horizon=4)
     out = MODULES[module](0.9, 0.0, value_net(ConstantValue(2.0)))(data.clone())
@@ -546,7 +562,8 @@ def test_module_lambda0_is_td0(module):
     assert_close(out["value_target"], r + 0.9 * (~term).to(F64) * 2.0, ATOL_F32, module)
 
 
-@pytest.mark.parametrize("module", ["GAE-loop", "GAE-vec", "TDLambda-loop", "TDLambda-vec"])
+@pytest.mark.parametrize("module", ["GAE-loop", "GAE-vec", "TDLambda-loop", "TDLambda-vec",
+                                    "GAE-rlgauge"])
 def test_module_batch_dims_and_time_dim(module):
     gamma, lmbda = 0.9, 0.7
     env, data = probe_rollout("last-reward", steps=13, horizon=4)
@@ -672,13 +689,13 @@ def vec_threshold_bound(c: Case) -> float:
 @pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
 @PROPERTY
 @given(data=cases())
-def test_property_torchrl_matches_oracle(impl, data):
+def test_property_impl_matches_oracle(impl, data):
     c, gamma, lmbda = data
     T = c.reward.shape[c.time_dim]
-    # steer the vectorised forms around their two known bugs (pinned by strict xfails above)
+    # steer torchrl's vectorised forms around their two known bugs (strict xfails above)
     assume(not (impl.vectorised and fast_path_misbehaves(gamma, lmbda, T)))
     atol = ATOL64 + (vec_threshold_bound(c) if impl.vectorised else 0.0)
-    # torchrl == Σ_l (Π γλ (1 - done)) δ_{t+l} (GAE) / the λ-mixture of n-step returns (TD(λ))
+    # impl == Σ_l (Π γλ (1 - done)) δ_{t+l} (GAE) / the λ-mixture of n-step returns (TD(λ))
     assert_close(impl.target(gamma, lmbda, c), impl.oracle(gamma, lmbda, c), atol, impl.name)
 
 
