@@ -108,6 +108,13 @@ def _raw_envpool(spec, num_envs: int, seed: int):
 
 RAW = {"gymnasium": _raw_gymnasium, "dm_control": _raw_dm_control, "envpool": _raw_envpool}
 
+#: torchrl stepping -> its floor, the raw library loop: the ``impl=raw`` point of the same
+#: benchmark (``harness.asv_results``' selector syntax); rows pair up on device, case, num_envs
+FLOORS = {
+    "EnvStep.time_steps[impl=torchrl]": "EnvStep.time_steps[impl=raw]",
+    "EnvStep.track_us_per_step[impl=torchrl]": "EnvStep.track_us_per_step[impl=raw]",
+}
+
 
 def _torchrl(backend: str, task: str, num_envs: int, seed: int, device):
     env = backends.make_env(backend, task, num_envs=num_envs, seed=seed, device=device)

@@ -72,3 +72,159 @@ class RLBenchmark:
         for close in reversed(getattr(self, "_closers", [])):
             close()
         self._closers = []
+
+
+# --------------------------------------------------------------------------- appended fixtures
+
+
+class SampleClock:
+    """An asv ``timer`` whose readings are seconds / ``units``: asv then records seconds per
+    *operation* for a ``time_*`` benchmark whose call does ``units`` operations.
+
+    asv re-runs ``setup`` before every timed sample of a class that has one (asv_runner 0.3.2,
+    asv#966), so ``number`` cannot batch sub-millisecond calls, and a one-call sample of a few
+    microseconds right after ``setup`` times cold caches and, on a busy machine, whether the
+    scheduler happened to preempt it (measured here: 5x outliers in 1 ms samples). A class sets
+    ``timer = SampleClock()``, its ``setup`` sets ``self.timer.units`` (e.g. from
+    ``calls_for``) and its timed method does that many operations. asv runs one benchmark per
+    process, so the class-level clock is not shared between running benchmarks.
+    """
+
+    def __init__(self, units: int = 1):
+        self.units = units
+
+    def __call__(self) -> float:
+        import time
+
+        return time.perf_counter() / self.units
+
+
+def calls_for(fn, *, sample_s: float = 0.05, max_calls: int = 10_000) -> int:
+    """How many calls of ``fn`` fill a timed sample of about ``sample_s`` seconds. ``fn`` runs
+    once as a warm-up (timed: if that already takes ``sample_s``, the answer is 1), else three
+    more times, the fastest of which sets the count."""
+    import time
+
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    if once >= sample_s:
+        return 1
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        once = min(once, time.perf_counter() - start)
+    return int(max(1, min(max_calls, sample_s // once if once > 0 else max_calls)))
+
+
+def transitions(n: int, *, obs_dim: int = 4, min_len: int = 32, max_len: int = 200,
+                seed: int = 0):
+    """``n`` seeded CartPole-sized transitions, cut into episodes, as a ``TensorDict``.
+
+    Keys are those a ``Collector`` writes: ``observation`` float32 [n, obs_dim], ``action``
+    int64 [n], ``("collector", "traj_ids")`` int64 [n] and under ``"next"``: ``observation``,
+    ``reward`` float32 [n, 1], ``done``/``terminated``/``truncated`` bool [n, 1]. Episode
+    lengths are uniform in [min_len, max_len] (mean ~116 steps); every episode ends with
+    ``done`` (half of them terminated, half truncated), and the last one is cut at ``n``.
+    """
+    import torch
+    from tensordict import TensorDict
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (n // min_len + 1,), generator=g)
+    traj = torch.repeat_interleave(torch.arange(len(lengths)), lengths)[:n]
+    ends = torch.zeros(n, 1, dtype=torch.bool)
+    ends[(lengths.cumsum(0) - 1)[lengths.cumsum(0) <= n]] = True
+    terminal = torch.rand(n, 1, generator=g) < 0.5
+    return TensorDict({
+        "observation": torch.randn(n, obs_dim, generator=g),
+        "action": torch.randint(0, 2, (n,), generator=g),
+        ("collector", "traj_ids"): traj,
+        ("next", "observation"): torch.randn(n, obs_dim, generator=g),
+        ("next", "reward"): torch.randn(n, 1, generator=g),
+        ("next", "done"): ends,
+        ("next", "terminated"): ends & terminal,
+        ("next", "truncated"): ends & ~terminal,
+    }, batch_size=[n])
+
+
+# --------------------------------------------------------------------------- gate validity knob
+# TEST ONLY. The regression gate's validity study (``python -m harness.gate validity``) and
+# tests/test_gate.py inject known slowdowns through this variable; asv runs never read it.
+
+INJECT_SLOWDOWN_ENV = "RLGAUGE_INJECT_SLOWDOWN"
+
+
+def injected_slowdown(benchmark: str, spec: str | None = None) -> float:
+    """The fraction of extra work ``RLGAUGE_INJECT_SLOWDOWN`` (or ``spec``) asks for on
+    ``benchmark`` (a gate case id such as ``bench_gae.GAE.time_gae(device=cpu, ...)``).
+
+    The value is ``REGEX=FRACTION`` items separated by ``;``; the first item whose regex
+    ``re.search``-es the id wins (the split is on the item's last ``=``, so a regex may contain
+    ``=``). 0.0 when the variable is unset or nothing matches. Example: ``GAE=0.10;Sample=0.05``.
+    """
+    import re
+
+    spec = os.environ.get(INJECT_SLOWDOWN_ENV, "") if spec is None else spec
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        pattern, sep, value = item.rpartition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = -1.0
+        if not sep or not pattern or not fraction >= 0:
+            raise ValueError(f"{INJECT_SLOWDOWN_ENV} item {item!r} is not REGEX=FRACTION with a "
+                             f"fraction >= 0 (e.g. 'GAE=0.10')")
+        if re.search(pattern, benchmark):
+            return fraction
+    return 0.0
+
+
+def _spin(iterations: int) -> int:
+    """The injected work: a pure-Python integer loop (slows down with the machine, as the
+    benchmark does, unlike a sleep)."""
+    total = 0
+    for i in range(iterations):
+        total += i % 7
+    return total
+
+
+def spin_rate(probe: int = 20_000, repeat: int = 5) -> float:
+    """Iterations of ``_spin`` per CPU second of this process, now: the fastest of ``repeat``
+    timings (``time.process_time``: time spent waiting for a CPU is not counted)."""
+    import time
+
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        _spin(probe)
+        times.append(time.process_time() - t0)
+    return probe / max(min(times), 1e-9)
+
+
+def slowed_down(benchmark: str, call, spec: str | None = None):
+    """``call`` itself when nothing is injected into ``benchmark``; otherwise ``call`` wrapped
+    so that each call is followed by ``fraction`` x (the median CPU seconds of its calls so
+    far) of extra CPU work -- a slowdown of ``fraction`` of the call's own steady-state cost,
+    measured as it runs (``fraction`` from ``injected_slowdown``). ``wrapped.iterations``
+    lists the work done per call."""
+    import statistics
+    import time
+
+    fraction = injected_slowdown(benchmark, spec)
+    if fraction <= 0:
+        return call
+    rate = spin_rate()
+    durations: list[float] = []
+
+    def wrapped():
+        t0 = time.process_time()
+        result = call()
+        durations.append(time.process_time() - t0)
+        iterations = round(fraction * statistics.median(durations[-15:]) * rate)
+        wrapped.iterations.append(iterations)
+        _spin(iterations)
+        return result
+
+    wrapped.iterations = []
+    return wrapped

@@ -4,12 +4,29 @@ asv keeps one JSON file per (machine, commit, environment) under ``results/asv/<
 ``benchmarks.json`` holds each benchmark's parameter names and unit. ``load`` flattens them into
 one row per (benchmark, parameter point, commit, environment) with the median and the quartiles
 asv recorded, so that ``nox -s bench`` can end with a plain table beside asv's HTML dashboard.
+
+Floors. A bench module may declare ``FLOORS: dict[str, str]``, mapping ``"Class.method"`` to
+the ``"Class.method"`` of its bare floor in the same module (``bench/bench_buffers.py``:
+``"Sample.time_sample": "SampleFloor.time_sample"``). A row is paired with the floor row whose
+values agree on every parameter name the two benchmarks share (the floor's parameters should
+be a subset of the benchmark's, so that the pair is unique). A name may carry a selector,
+``"EnvStep.time_steps[impl=torchrl]": "EnvStep.time_steps[impl=raw]"``, for a floor that is
+a parameter value of the same benchmark: only rows with those values take part, and the
+selected names are left out of the matching. The ratio, "× floor", reads "how many times
+slower than the floor": value / floor for times, memory and lower-is-better tracks, and
+floor / value for rates (a unit ending in ``/s``, e.g. ``frames/s``: higher is better).
+``floors`` imports the bench modules by name (``bench.<module>``, the repository root being
+the working directory of ``nox -s bench`` and ``python -m harness asv-table``); a module that
+is missing or fails to import contributes no floors.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +61,8 @@ def load(results_dir: str | Path = "results/asv", *, machine: str | None = None,
             for name, entry in doc.get("results", {}).items():
                 rows.extend(_rows(name, _columns(doc, entry), meta.get(name, {}), doc, mdir.name))
     frame = pd.DataFrame(rows, columns=["benchmark", "params", "value", "unit", "q25", "q75",
-                                        "spread", "commit", "env", "machine", "date"])
+                                        "spread", "commit", "env", "machine", "date",
+                                        "param_values"])
     return frame
 
 
@@ -65,7 +83,9 @@ def _rows(name: str, rec: dict, meta: dict, doc: dict, machine: str) -> list[dic
         out.append({"benchmark": name, "params": label, "value": value,
                     "unit": meta.get("unit", ""), "q25": lo, "q75": hi, "spread": spread,
                     "commit": doc.get("commit_hash", "")[:8], "env": doc.get("env_name", ""),
-                    "machine": machine, "date": doc.get("date")})
+                    "machine": machine, "date": doc.get("date"),
+                    "param_values": {n: _unquote(v) for n, v in
+                                     zip(names, combo, strict=False)}})
     return out
 
 
@@ -97,10 +117,12 @@ def human(value, unit: str) -> str:
     return f"{value:.4g} {unit}".strip()
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """One table: benchmark, params, median, IQR/median spread."""
+def markdown(frame: pd.DataFrame, floor_map: dict[str, str] | None = None) -> str:
+    """One table: benchmark, params, median, IQR/median spread, × floor (``with_floors``),
+    then the component table (``components_markdown``) when some rows have a floor."""
     if frame.empty:
         return "(no asv results)"
+    frame = with_floors(frame, floor_map)
     skipped = int(frame["value"].isna().sum())
     frame = frame[frame["value"].notna()]
     view = pd.DataFrame({
@@ -109,7 +131,140 @@ def markdown(frame: pd.DataFrame) -> str:
         "median": [human(v, u) for v, u in zip(frame["value"], frame["unit"], strict=True)],
         "spread (IQR/median)": [f"{s:.1%}" if s is not None and pd.notna(s) else ""
                                 for s in frame["spread"]],
+        "× floor": [_ratio(r) for r in frame["x_floor"]],
     })
     note = (f"\n\n{skipped} parameter point(s) skipped or failed here (e.g. CUDA without a GPU); "
             f"see the asv dashboard for them.") if skipped else ""
-    return view.to_markdown(index=False) + note
+    components = components_markdown(frame, floor_map={})
+    tail = f"\n\n## Components beside their floors\n\n{components}" if components else ""
+    return view.to_markdown(index=False) + note + tail
+
+
+# --------------------------------------------------------------------------- floors
+
+_SELECTOR = re.compile(r"^(?P<name>[^\[\]]+)(?:\[(?P<sel>[^\]]*)\])?$")
+
+
+def parse_floor_name(name: str) -> tuple[str, dict[str, str]]:
+    """``"Class.method[k=v, ...]"`` -> ``("Class.method", {k: v})`` (no selector: ``{}``)."""
+    match = _SELECTOR.match(name.strip())
+    if not match:
+        raise ValueError(f"bad FLOORS name {name!r}: expected 'Class.method' or "
+                         f"'Class.method[param=value, ...]'")
+    selector = {}
+    for part in filter(None, (p.strip() for p in (match["sel"] or "").split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"bad selector {part!r} in FLOORS name {name!r}: expected "
+                             f"param=value")
+        selector[key.strip()] = value.strip()
+    return match["name"].strip(), selector
+
+
+def floors(modules: Iterable[str], *, package: str = "bench") -> dict[str, str]:
+    """Full benchmark name -> full floor name, from the ``FLOORS`` of each bench module.
+
+    ``modules`` are asv module names (``bench_buffers``; full benchmark names are accepted
+    too and cut at the first dot). Keys and values are prefixed with the module, selectors
+    kept: ``"bench_envs.EnvStep.time_steps[impl=torchrl]"``.
+    """
+    out: dict[str, str] = {}
+    for module in sorted({m.split(".", 1)[0] for m in modules}):
+        try:
+            mod = importlib.import_module(f"{package}.{module}")
+        except Exception:  # a missing or broken bench module contributes no floors
+            continue
+        for bench, floor in (getattr(mod, "FLOORS", None) or {}).items():
+            out[f"{module}.{bench}"] = f"{module}.{floor}"
+    return out
+
+
+def higher_is_better(unit: str) -> bool:
+    """Rates (``frames/s``, ``steps/s``): a bigger value is better."""
+    return str(unit).strip().endswith("/s")
+
+
+def with_floors(frame: pd.DataFrame, floor_map: dict[str, str] | None = None) -> pd.DataFrame:
+    """``frame`` plus ``floor`` (the floor's value), ``floor_benchmark`` and ``x_floor`` (how
+    many times slower than the floor; NaN without a floor). ``floor_map`` defaults to
+    ``floors(...)`` of the benchmarks in ``frame``; ``{}`` keeps the columns already there.
+    ``floor_benchmark`` is the floor's name as ``FLOORS`` gives it (selector included)."""
+    frame = frame.copy()
+    if floor_map is not None and not floor_map and "x_floor" in frame:
+        return frame
+    if floor_map is None:
+        floor_map = floors(frame["benchmark"].unique()) if not frame.empty else {}
+    frame["floor"] = float("nan")
+    frame["floor_benchmark"] = None
+    frame["x_floor"] = float("nan")
+    if frame.empty or not floor_map or "param_values" not in frame:
+        return frame
+    group_keys = ["machine", "commit", "env"]
+    for bench_name, floor_name in floor_map.items():
+        bench, bench_sel = parse_floor_name(bench_name)
+        floor, floor_sel = parse_floor_name(floor_name)
+        benches = frame[(frame["benchmark"] == bench)
+                        & frame["param_values"].map(lambda p, s=bench_sel: _selected(p, s))]
+        floor_rows = frame[(frame["benchmark"] == floor)
+                           & frame["param_values"].map(lambda p, s=floor_sel: _selected(p, s))]
+        if benches.empty or floor_rows.empty:
+            continue
+        ignore = set(bench_sel) | set(floor_sel)
+        for idx, row in benches.iterrows():
+            same_run = floor_rows
+            for key in group_keys:
+                same_run = same_run[same_run[key] == row[key]]
+            shared = [n for n in row["param_values"]
+                      if n not in ignore and n in _names(same_run)]
+            match = same_run[same_run["param_values"].map(
+                lambda p, r=row["param_values"], k=shared: all(p.get(n) == r[n] for n in k))]
+            if len(match) != 1:
+                continue  # no floor point here, or an ambiguous pairing
+            floor_value = match["value"].iloc[0]
+            frame.at[idx, "floor"] = floor_value
+            frame.at[idx, "floor_benchmark"] = floor_name
+            frame.at[idx, "x_floor"] = _x_floor(row["value"], floor_value, row["unit"])
+    return frame
+
+
+def _selected(values: dict, selector: dict) -> bool:
+    return all(values.get(k) == v for k, v in selector.items())
+
+
+def _names(rows: pd.DataFrame) -> set[str]:
+    return set(rows["param_values"].iloc[0]) if len(rows) else set()
+
+
+def _x_floor(value, floor, unit: str) -> float:
+    if value is None or floor is None or pd.isna(value) or pd.isna(floor) or not value \
+            or not floor:
+        return float("nan")
+    return floor / value if higher_is_better(unit) else value / floor
+
+
+def _ratio(x) -> str:
+    return "" if x is None or pd.isna(x) else f"{x:.3g}×"
+
+
+def components_markdown(frame: pd.DataFrame, floor_map: dict[str, str] | None = None) -> str:
+    """The rows that have a floor, grouped by topic (bench module): median, the floor's
+    median, and × floor. Empty string when no row has one."""
+    frame = with_floors(frame, floor_map)
+    frame = frame[frame["x_floor"].notna()]
+    if frame.empty:
+        return ""
+    parts = []
+    for module, rows in frame.groupby(frame["benchmark"].str.split(".", n=1).str[0],
+                                      sort=True):
+        view = pd.DataFrame({
+            "benchmark": rows["benchmark"].str.split(".", n=1).str[1],
+            "params": rows["params"],
+            "median": [human(v, u) for v, u in zip(rows["value"], rows["unit"], strict=True)],
+            "floor": rows["floor_benchmark"].str.split(".", n=1).str[1],
+            "floor median": [human(v, u) for v, u in
+                             zip(rows["floor"], rows["unit"], strict=True)],
+            "× floor": [_ratio(x) for x in rows["x_floor"]],
+        })
+        topic = module.removeprefix("bench_")
+        parts.append(f"### {topic}\n\n{view.to_markdown(index=False)}")
+    return "\n\n".join(parts)

@@ -3,12 +3,13 @@
 Subcommands::
 
     doctor      versions, torchrl extension, MuJoCo, envpool, GPUs: paste into bug reports
-    list        registered algorithms, backends (with their tasks) and devices available here
+    list        registered algorithms, recipes, backends (with their tasks) and devices here
     table DIR   a results directory (or file) as tables: markdown, csv or html (and with
                 --report-dir, every format plus plots)
     train ALGO  train one reference algorithm on one backend/task/device, with a progress bar
-    run         a grid of training runs (algorithms x backends x tasks x devices x seeds), each
-                in its own worker process; resumable; ends with the report
+                (``train --recipe NAME``: one of torchrl's tutorial pipelines, harness.recipes)
+    run         a grid of training runs (algorithms x backends x tasks x devices x seeds, and
+                ``--recipes``), each in its own worker process; resumable; ends with the report
     compare     two result sets side by side; exit 1 when a row is significantly worse
     env B T     build one env, check its specs and time a random rollout
     asv-table   the latest asv results as a Markdown table
@@ -44,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="environment report for bug reports; exit 1 if the default "
                                   "run cannot work here")
-    sub.add_parser("list", help="algorithms, backends, tasks and devices available here")
+    sub.add_parser("list", help="algorithms, recipes, backends, tasks and devices available "
+                                "here")
 
     t = sub.add_parser("table", help="show a results directory or file as a table")
     t.add_argument("path", type=Path, help="results directory (every *.csv results file below "
@@ -56,8 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("run", help="run a grid of training runs (the matrix), each cell in its "
                                    "own process; re-running resumes")
-    m.add_argument("--algorithms", default="all",
-                   help="comma-separated algorithms, or 'all' (default: all)")
+    m.add_argument("--algorithms", default=None,
+                   help="comma-separated algorithms, or 'all' (default: all, or none when "
+                        "--recipes is given)")
+    m.add_argument("--recipes", default=None,
+                   help="comma-separated recipes (torchrl's tutorial pipelines, see 'list'): "
+                        "one cell each per device x num_envs x seed, on the recipe's own "
+                        "backend/task and budget (--backends/--tasks do not apply to them)")
     m.add_argument("--backends", default="gymnasium,dm_control",
                    help="comma-separated env backends (default: gymnasium,dm_control)")
     m.add_argument("--tasks", help="comma-separated tasks (default: each backend's default "
@@ -116,11 +123,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="asv results directory (default: results/asv)")
     a.add_argument("--machine", help="asv machine name (default: every machine)")
     a.add_argument("--out", type=Path, help="also write the table to this file (atomically)")
+    a.add_argument("--components-out", type=Path,
+                   help="also write the component x floor table to this file (atomically)")
 
-    r = sub.add_parser("train", help="train one reference algorithm on one backend/task")
-    r.add_argument("algorithm", help="reference implementation (see 'list'): ppo, dqn, ...")
-    r.add_argument("--backend", default="gymnasium", help="env backend (default: gymnasium)")
-    r.add_argument("--task", default="cartpole", help="task of that backend (default: cartpole)")
+    r = sub.add_parser("train", help="train one reference algorithm on one backend/task, or "
+                                     "one recipe (--recipe)")
+    r.add_argument("algorithm", nargs="?", help="reference implementation (see 'list'): ppo, "
+                                                "dqn, ...")
+    r.add_argument("--recipe", help="a recipe instead of an algorithm (see 'list'): torchrl's "
+                                    "tutorial pipeline with its backend, task, settings and "
+                                    "budget; reports its success criterion")
+    r.add_argument("--backend", help="env backend (default: gymnasium)")
+    r.add_argument("--task", help="task of that backend (default: cartpole)")
     r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     r.add_argument("--frames", type=int, help="env frames to train for (default: the "
                                                "algorithm's budget for the task)")
@@ -166,11 +180,13 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from harness import devices, registry
+    from harness import devices, recipes, registry
 
     registry.load_builtins()
     print("algorithms:")
     _print_entries(registry.ALGORITHMS)
+    print("recipes:  (python -m harness train --recipe NAME)")
+    _print_entries(recipes.RECIPES)
     print("backends:")
     _print_entries(registry.BACKENDS)
     print("devices:")
@@ -191,6 +207,10 @@ def _print_entries(reg) -> None:
         tasks = getattr(e.value, "tasks", None)
         if tasks:
             print(f"  {'':<{width}}  tasks: {', '.join(tasks)}")
+        if hasattr(e.value, "success"):  # a recipe
+            from harness import recipes
+
+            print(f"  {'':<{width}}  {recipes.describe(e.value)}")
 
 
 def cmd_table(args) -> int:
@@ -309,22 +329,41 @@ def cmd_asv_table(args) -> int:
                          + (f" for machine {args.machine!r}" if args.machine else ""))
     text = asv_results.markdown(frame)
     print(text)
+    header = (f"# asv results: machine {', '.join(sorted(frame['machine'].unique()))}, "
+              f"commit {', '.join(sorted(frame['commit'].unique()))}\n\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        header = (f"# asv results: machine {', '.join(sorted(frame['machine'].unique()))}, "
-                  f"commit {', '.join(sorted(frame['commit'].unique()))}\n\n")
         results.atomic_write_text(args.out, header + text + "\n")
+    if args.components_out:
+        args.components_out.parent.mkdir(parents=True, exist_ok=True)
+        results.atomic_write_text(args.components_out, header + (
+            asv_results.components_markdown(frame) or "(no rows with a floor)") + "\n")
     return 0
 
 
 def cmd_train(args) -> int:
     from harness import results, training
 
-    spec = training.resolve_run(args.algorithm, backend=args.backend, task=args.task,
-                                device=args.device, frames=args.frames, seed=args.seed,
-                                num_envs=args.num_envs, overrides=args.set)
+    recipe = None
+    if args.recipe is not None:
+        from harness import recipes
+
+        if args.algorithm is not None or args.backend is not None or args.task is not None:
+            raise UsageError(f"--recipe {args.recipe} fixes the algorithm, backend and task; "
+                             f"give either --recipe or ALGORITHM [--backend B --task T]")
+        recipe, module, config = recipes.resolve(
+            args.recipe, device=args.device, frames=args.frames, seed=args.seed,
+            num_envs=args.num_envs, overrides=args.set)
+        name = recipe.name
+    elif args.algorithm is None:
+        raise UsageError("train needs an ALGORITHM or --recipe NAME (see 'list')")
+    else:
+        module, config = training.resolve_run(
+            args.algorithm, backend=args.backend or "gymnasium", task=args.task or "cartpole",
+            device=args.device, frames=args.frames, seed=args.seed, num_envs=args.num_envs,
+            overrides=args.set)
+        name = args.algorithm
     out = _writable_dir(args.out)
-    module, config = spec
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     import torch
@@ -333,7 +372,7 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
 
-    label = f"{args.algorithm} {config.backend}/{config.task} {config.device} seed {config.seed}"
+    label = f"{name} {config.backend}/{config.task} {config.device} seed {config.seed}"
     with tqdm(total=config.frames, desc=label, unit="frame", unit_scale=True,
               dynamic_ncols=True, file=sys.stderr) as bar:
         def progress(done, total, info):
@@ -344,10 +383,18 @@ def cmd_train(args) -> int:
                 bar.set_postfix_str(f"return {ret:.1f}")
 
         run = module.train(config, progress=progress)
-    path = out / f"{args.algorithm}-{config.backend}-{config.task}-{config.device}-" \
-                 f"s{config.seed}-{run.records['run_id'].iloc[0]}.csv"
-    results.save(run.records, path)
-    print(training.summary(run.records, config))
+    records = run.records
+    if recipe is not None:
+        records = recipes.finish(recipe, records)
+    path = out / f"{name}-{config.backend}-{config.task}-{config.device}-" \
+                 f"s{config.seed}-{records['run_id'].iloc[0]}.csv"
+    results.save(records, path)
+    print(training.summary(records, config))
+    if recipe is not None:
+        value = recipes.value_of(recipe, records)
+        verdict = "met" if recipe.success.met(value) else "NOT met"
+        print(f"  success         {recipe.success.text()}: {value:g} -> {verdict} "
+              f"({config.frames:,} frames; the recipe's budget is {recipe.frames:,})")
     print(f"results: {path}")
     return 0
 
@@ -363,6 +410,11 @@ def cmd_run(args) -> int:
 
     registry.load_builtins()
     os.environ.setdefault("MUJOCO_GL", "egl")  # inherited by the worker processes
+    recipes = tuple(_csv(args.recipes))
+    if args.recipes is not None and not recipes:
+        raise UsageError("--recipes is empty; give at least one recipe (see 'list')")
+    if args.algorithms is None:
+        args.algorithms = "" if recipes else "all"
     algorithms = (registry.ALGORITHMS.available() if args.algorithms == "all"
                   else _csv(args.algorithms))
     try:
@@ -374,7 +426,7 @@ def cmd_run(args) -> int:
                        devices=tuple(_csv(args.devices)),
                        tasks=tuple(_csv(args.tasks)) if args.tasks else None,
                        num_envs=num_envs, seeds=args.seeds, frames=args.frames,
-                       quick=args.quick, overrides=tuple(args.set))
+                       quick=args.quick, overrides=tuple(args.set), recipes=recipes)
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     workers = args.workers if args.workers is not None else matrix.default_workers(args.threads)
