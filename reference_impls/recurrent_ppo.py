@@ -168,7 +168,7 @@ def make_env(config: Config, obs_norm: VecNormV2 | None = None):
     env = TransformedEnv(env, InitTracker())
     if config.normalize_obs:
         with warnings.catch_warnings():  # "experimental" for batched envs: we reduce over them
-            warnings.filterwarnings("ignore", message="Support of VecNormV2")
+            warnings.filterwarnings("ignore", message="Support of .* is experimental")
             env.append_transform(
                 obs_norm.frozen_copy() if obs_norm is not None
                 else ObsNorm(in_keys=["observation"], decay=1.0, reduce_batch_dims=True))
