@@ -29,14 +29,15 @@ CASES = {
 }
 
 
-def _train(algorithm: str) -> dict[str, float]:
+def _train(algorithm: str, frames: int | None = None) -> dict[str, float]:
     from harness import registry
     from harness.training import algorithm_module
 
     registry.load_builtins()
     if registry.ALGORITHMS.unavailable_reason(algorithm):
         return {}
-    backend, task, frames = CASES[algorithm]
+    backend, task, budget = CASES[algorithm]
+    frames = frames or budget
     module = algorithm_module(algorithm)
     config = module.config_for(backend, task, frames=frames, eval_episodes=0)
     records = module.train(config).records
@@ -61,6 +62,11 @@ class Training(RLBenchmark):
     def setup_cache(self):
         pin_threads()
         return {algorithm: _train(algorithm) for algorithm in CASES}
+
+    def smoke_cache(self):
+        """The suite's dry run (tests/test_bench_suite.py): PPO only, 256 frames."""
+        pin_threads()
+        return {"ppo": _train("ppo", frames=256)}
 
     def setup(self, cache, algorithm):
         super().setup("cpu")

@@ -30,10 +30,7 @@ if str(ROOT) not in sys.path:  # bench/ is a directory of the checkout, not an i
 MODULES = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
 BENCH_PREFIX = re.compile(r"^(time|timeraw|track|peakmem|mem)_")
 #: classes whose setup_cache is too slow for the fast suite, and what covers them instead
-SLOW_CACHE = {
-    "bench_training.Training": "its setup_cache trains every reference algorithm (minutes); "
-                               "tests/test_training.py runs train() in-process",
-}
+SLOW_CACHE: dict[str, str] = {}
 
 
 def _module(name: str):
