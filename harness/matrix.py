@@ -25,6 +25,10 @@ the running cells, keeps every finished one and exits 130; nothing half-written 
 back, because every file is written by rename.
 
 Executors: ``local`` (above) and ``ray`` (``harness.matrix_ray``, for a cluster; needs ``ray``).
+
+Recipes (``harness.recipes``: torchrl's tutorial pipelines) are cells too: ``Grid.recipes`` adds
+one cell per recipe x device x num_envs x seed on the recipe's own backend/task, settings and
+budget (``RunSpec.recipe``); their records carry the recipe's name in the ``algorithm`` column.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ QUICK_FRAMES_DEFAULT = 2048
 QUICK_OVERRIDES: tuple[str, ...] = ("eval_episodes=2",)
 #: the modules every worker process imports once, in the forkserver
 PRELOAD = ["torch", "tensordict", "torchrl", "gymnasium", "dm_control.suite", "harness.training",
-           "harness.backends",
+           "harness.backends", "harness.recipes",
            "reference_impls.ppo", "reference_impls.dqn", "reference_impls.ddpg",
            "reference_impls.recurrent_dqn", "reference_impls.recurrent_ppo"]
 FAILED = ("failed", "timeout")
@@ -79,7 +83,10 @@ class RunSpec:
     """One cell: a training run of ``algorithm`` on ``backend``/``task`` on ``device``.
 
     ``frames``/``num_envs`` None: the algorithm's own budget / batch for the task (its preset);
-    ``overrides``: ``FIELD=VALUE`` Config overrides applied to every cell.
+    ``overrides``: ``FIELD=VALUE`` Config overrides applied to every cell. ``recipe``: the cell
+    runs that recipe (``harness.recipes``; ``algorithm``/``backend``/``task`` are the recipe's,
+    ``frames`` None is its budget, ``overrides`` come on top of its settings); its results'
+    ``algorithm`` column is the recipe's name.
     """
 
     algorithm: str
@@ -90,23 +97,26 @@ class RunSpec:
     frames: int | None = None
     num_envs: int | None = None
     overrides: tuple[str, ...] = ()
+    recipe: str | None = None
 
     @property
     def key(self) -> str:
         """File-name-safe identity of the cell (resuming matches on it)."""
-        parts = [self.algorithm, self.backend, self.task, self.device.replace(":", ""),
-                 f"n{self.num_envs or 'D'}", f"f{self.frames or 'D'}", f"s{self.seed}"]
+        parts = [self.recipe or self.algorithm, self.backend, self.task,
+                 self.device.replace(":", ""), f"n{self.num_envs or 'D'}",
+                 f"f{self.frames or 'D'}", f"s{self.seed}"]
         if self.overrides:
             parts.append(hashlib.sha1("\0".join(self.overrides).encode()).hexdigest()[:8])
         return "-".join(parts)
 
     def label(self) -> str:
-        return (f"{self.algorithm} {self.backend}/{self.task} {self.device} "
+        name = f"{self.recipe} ({self.algorithm})" if self.recipe else self.algorithm
+        return (f"{name} {self.backend}/{self.task} {self.device} "
                 f"n={self.num_envs or 'default'} seed {self.seed}")
 
     def context(self) -> dict:
-        return dict(algorithm=self.algorithm, backend=self.backend, task=self.task,
-                    device=self.device, num_envs=self.num_envs, seed=self.seed)
+        return dict(algorithm=self.recipe or self.algorithm, backend=self.backend,
+                    task=self.task, device=self.device, num_envs=self.num_envs, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,9 @@ class Grid:
     """What ``python -m harness run`` asks for. ``tasks`` None: ``DEFAULT_TASKS``;
     ``devices`` may contain ``all`` (cpu and cuda, cuda cells skipped where absent);
     ``num_envs`` None entries: the algorithm's default; ``frames`` None: ``QUICK_FRAMES`` when
-    ``quick``, else each algorithm's budget for the task."""
+    ``quick``, else each algorithm's budget for the task (a recipe's: its own). ``recipes``:
+    recipe cells besides the algorithm x backend x task ones (``algorithms`` may then be
+    empty)."""
 
     algorithms: tuple[str, ...]
     backends: tuple[str, ...]
@@ -133,6 +145,7 @@ class Grid:
     frames: int | None = None
     quick: bool = False
     overrides: tuple[str, ...] = ()
+    recipes: tuple[str, ...] = ()
 
 
 def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
@@ -152,15 +165,24 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
     for n in grid.num_envs:
         if n is not None and n < 1:
             raise UsageError(f"--num-envs must be >= 1, got {n}")
-    for axis, values in (("--algorithms", grid.algorithms), ("--backends", grid.backends),
-                         ("--devices", grid.devices)):
+    # a recipes-only grid has no algorithm axis, and its recipes bring their own backends
+    algorithm_axes = bool(grid.algorithms) or not grid.recipes
+    axes = [("--devices", grid.devices)]
+    if algorithm_axes:
+        axes[:0] = [("--algorithms", grid.algorithms), ("--backends", grid.backends)]
+    for axis, values in axes:
         if not values:
             raise UsageError(f"{axis} is empty; give at least one value")
     for name in grid.algorithms:
         registry.ALGORITHMS.require_available(name)
-    for name in grid.backends:
+    if grid.recipes:
+        from harness import recipes
+
+        for name in grid.recipes:
+            recipes.RECIPES.require_available(name)
+    for name in grid.backends if algorithm_axes else ():
         registry.BACKENDS.require_available(name)
-    if grid.tasks is not None:
+    if grid.tasks is not None and algorithm_axes:
         known = {t for b in grid.backends for t in backends.available_tasks(b)}
         for task in grid.tasks:
             if task not in known:
@@ -210,6 +232,21 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
                                     why = (f"{algorithm} needs {' or '.join(kinds)} actions; "
                                            f"{backend}/{task} has {kind} actions")
                             (skips.append(Skip(spec, why)) if why else specs.append(spec))
+    for name in grid.recipes:
+        from harness import recipes
+
+        recipe = recipes.get(name)
+        for device in wanted:
+            for num_envs in grid.num_envs:
+                for seed in range(grid.seeds):
+                    frames = grid.frames
+                    if frames is None and grid.quick:
+                        frames = QUICK_FRAMES.get(recipe.algorithm, QUICK_FRAMES_DEFAULT)
+                    overrides = (QUICK_OVERRIDES if grid.quick else ()) + tuple(grid.overrides)
+                    spec = RunSpec(recipe.algorithm, recipe.backend, recipe.task, device, seed,
+                                   frames, num_envs, overrides, recipe=name)
+                    why = device_skips.get(device)
+                    (skips.append(Skip(spec, why)) if why else specs.append(spec))
     if not specs:
         reasons = sorted({s.reason for s in skips})
         raise UsageError("the grid has no cell that can run here: " + "; ".join(reasons[:3]))
@@ -236,7 +273,12 @@ def _check_overrides(grid: Grid) -> None:
         return
     from harness import training
 
-    for algorithm in grid.algorithms:
+    algorithms = list(grid.algorithms)
+    if grid.recipes:
+        from harness import recipes
+
+        algorithms += [recipes.get(name).algorithm for name in grid.recipes]
+    for algorithm in dict.fromkeys(algorithms):
         module = training.algorithm_module(algorithm)
         fields = {f.name: f for f in dataclasses.fields(module.Config)}
         for item in grid.overrides:
@@ -283,12 +325,22 @@ def run_cell(spec: RunSpec, threads: int = 1) -> pd.DataFrame:
     from harness import backends, training
 
     torch.set_num_threads(threads)
-    module, config = training.resolve_run(
-        spec.algorithm, backend=spec.backend, task=spec.task, device=spec.device,
-        frames=spec.frames, seed=spec.seed, num_envs=spec.num_envs, overrides=spec.overrides)
+    if spec.recipe:
+        from harness import recipes
+
+        recipe, module, config = recipes.resolve(
+            spec.recipe, device=spec.device, frames=spec.frames, seed=spec.seed,
+            num_envs=spec.num_envs, overrides=spec.overrides)
+    else:
+        module, config = training.resolve_run(
+            spec.algorithm, backend=spec.backend, task=spec.task, device=spec.device,
+            frames=spec.frames, seed=spec.seed, num_envs=spec.num_envs,
+            overrides=spec.overrides)
     if config.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(config.device)
     records = module.train(config).records
+    if spec.recipe:
+        records = recipes.finish(recipe, records)
     extra = [{"metric": "peak_rss_mb", "unit": "MB",
               "value": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}]
     if config.device.startswith("cuda"):
@@ -543,9 +595,16 @@ def _resolved_context(spec: RunSpec) -> dict:
         from harness import training
 
         try:
-            _, config = training.resolve_run(
-                spec.algorithm, backend=spec.backend, task=spec.task, device=spec.device,
-                frames=spec.frames, seed=spec.seed, overrides=spec.overrides)
+            if spec.recipe:
+                from harness import recipes
+
+                _, _, config = recipes.resolve(spec.recipe, device=spec.device,
+                                               frames=spec.frames, seed=spec.seed,
+                                               overrides=spec.overrides)
+            else:
+                _, config = training.resolve_run(
+                    spec.algorithm, backend=spec.backend, task=spec.task, device=spec.device,
+                    frames=spec.frames, seed=spec.seed, overrides=spec.overrides)
             context["num_envs"] = config.num_envs
         except Exception:  # noqa: BLE001 -- best effort: an unresolvable cell keeps None
             pass

@@ -17,10 +17,15 @@ Simplified relative to the papers: no frame stacking, reward clipping or convolu
 (state-based tasks only); the importance-sampling exponent β of prioritized replay is annealed
 linearly to 1 over the budget as in Schaul et al., but priorities are set from the latest
 minibatch only (no separate priority refresh pass).
+
+Options for torchrl's getting-started DQN (``harness.recipes``: ``tutorial-dqn``), off by
+default: a ``StepCounter`` transform whose per-batch maximum is logged (``step_counter``) and
+torchrl's ``CSVLogger`` writing the episode returns as they come (``csv_log_dir``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +34,7 @@ from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import PrioritizedSampler, RandomSampler
+from torchrl.envs import StepCounter
 from torchrl.modules import MLP, EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
@@ -115,6 +121,13 @@ class Config(BaseConfig):
     """Episodes of the greedy policy for ``final_return`` (0 skips evaluation)."""
     max_episode_steps: int = 1000
     """Step cap of one evaluation episode."""
+    step_counter: bool = False
+    """Append torchrl's ``StepCounter``: ``step_count`` in every tensordict, and the curve
+    ``step_count_max`` (longest episode in each batch, the ongoing ones included)."""
+    csv_log_dir: str = ""
+    """If set, torchrl's ``CSVLogger`` also writes ``episode_return`` (and ``step_count_max``)
+    against frames to ``<csv_log_dir>/dqn-<backend>-<task>-s<seed>-<time>/scalars/*.csv`` as
+    training goes; the results records are the same either way."""
 
     def __post_init__(self):
         if self.target_update not in _TARGET_UPDATES:
@@ -154,9 +167,22 @@ def config_for(backend: str, task: str, **overrides) -> Config:
 
 
 def make_env(config: Config):
-    """The task from ``harness.backends`` (episode returns are tracked outside the env)."""
-    return backends.make_env(config.backend, config.task, device=config.device,
-                             num_envs=config.num_envs, seed=config.seed)
+    """The task from ``harness.backends`` (episode returns are tracked outside the env), with a
+    ``StepCounter`` when ``step_counter``."""
+    env = backends.make_env(config.backend, config.task, device=config.device,
+                            num_envs=config.num_envs, seed=config.seed)
+    return env.append_transform(StepCounter()) if config.step_counter else env
+
+
+def make_csv_logger(config: Config):
+    """torchrl's ``CSVLogger`` for this run under ``config.csv_log_dir``, or None."""
+    if not config.csv_log_dir:
+        return None
+    from torchrl.record import CSVLogger
+
+    name = (f"{ALGORITHM}-{config.backend}-{config.task}-s{config.seed}-"
+            f"{time.strftime('%Y%m%dT%H%M%S')}")
+    return CSVLogger(exp_name=name, log_dir=config.csv_log_dir)
 
 
 def make_modules(config: Config, env):
@@ -231,6 +257,7 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                           total_frames=budget, init_random_frames=warmup, device=device,
                           auto_register_policy_transforms=False)
     log = TrainLog()
+    csv_logger = make_csv_logger(config)
     track_returns = EpisodeReturns()
     clock = Clock(device)
     frames = 0
@@ -245,6 +272,13 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
         returns = track_returns(batch)
         if returns.numel():
             log.curve("episode_return", returns.mean().item(), frames, "return")
+            if csv_logger is not None:
+                csv_logger.log_scalar("episode_return", log.last("episode_return"), frames)
+        if config.step_counter:
+            log.curve("step_count_max", batch["next", "step_count"].max().item(), frames,
+                      "steps")
+            if csv_logger is not None:
+                csv_logger.log_scalar("step_count_max", log.last("step_count_max"), frames)
 
         # --- update: store the batch, anneal ε (and β), then gradient steps on replayed batches
         with sections("update"):

@@ -4,14 +4,25 @@ Discrete actions use a Categorical policy, continuous ones a TanhNormal policy w
 scale come from the network (``NormalParamExtractor``). Advantages are GAE (Schulman et al.,
 2016), recomputed before every epoch with the current critic; the critic regresses on the GAE
 value target. Everything is torchrl: ``Collector`` -> ``GAE`` -> ``ClipPPOLoss`` over minibatches
-drawn without replacement from a ``ReplayBuffer``.
+drawn without replacement from a ``ReplayBuffer``. ``Config.advantage = "rlgauge"`` swaps
+torchrl's ``GAE`` for ``harness.gae_estimator.KernelGAE`` (same module, rlgauge's fused GAE
+kernel for the recursion; same advantages).
 
 Simplified relative to the paper: one optimiser for actor and critic (shared step), no
-value-function clipping, no observation/reward normalisation (the tasks here do not need it).
+value-function clipping, no reward normalisation; observations are normalised only on request
+(``obs_norm_steps``: torchrl's ``ObservationNorm`` with statistics from random-action rollouts,
+as torchrl's PPO tutorial does; the RL Zoo tasks here do not need it).
+
+Options for torchrl's PPO tutorial (``harness.recipes``: ``tutorial-ppo``), all off by default:
+a cosine learning-rate schedule (``lr_schedule``) without clip-range annealing
+(``anneal_clip``), a smooth-L1 critic loss (``critic_loss``), ``ObservationNorm`` and a
+``StepCounter`` transform whose per-batch maximum is logged (``step_counter``).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +31,13 @@ from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
+from torchrl.envs import ObservationNorm, StepCounter
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import ClipPPOLoss, ValueEstimators
 
 from harness import backends
+from harness.errors import UsageError
+from harness.gae_estimator import use_kernel_gae
 from harness.timing import Sections
 from harness.training import (
     BaseConfig,
@@ -42,6 +56,9 @@ from harness.training import (
 )
 
 ALGORITHM = "ppo"
+ADVANTAGES = ("torchrl", "rlgauge")
+LR_SCHEDULES = ("linear", "cosine", "constant")
+CRITIC_LOSSES = ("l2", "smooth_l1", "l1")
 
 
 @dataclass(frozen=True)
@@ -59,17 +76,29 @@ class Config(BaseConfig):
     lr: float = 1e-3
     """Adam learning rate (annealed linearly to 0 when ``anneal_lr``)."""
     anneal_lr: bool = True
-    """Anneal the learning rate (and the clip range) linearly to 0 over the budget."""
+    """Anneal the learning rate (shape: ``lr_schedule``) and, with ``anneal_clip``, the clip
+    range (linearly) to 0 over the budget; False keeps both constant."""
+    lr_schedule: str = "linear"
+    """Shape of the learning-rate annealing: ``linear`` to 0, per gradient step (RL Zoo's
+    ``lin_``), ``cosine`` to 0, stepped once per collected batch (torchrl's PPO tutorial:
+    ``CosineAnnealingLR(T_max=batches)``), or ``constant``."""
+    anneal_clip: bool = True
+    """With ``anneal_lr``: anneal the clip range linearly to 0 too (RL Zoo's ``lin_0.2``)."""
     gamma: float = 0.98
     """Discount factor."""
     lmbda: float = 0.8
     """GAE lambda."""
+    advantage: str = "torchrl"
+    """GAE implementation: ``torchrl`` (its ``GAE`` module) or ``rlgauge`` (``KernelGAE``: the
+    same module with rlgauge's fused kernel, ``harness.estimators.gae``)."""
     clip_epsilon: float = 0.2
     """Clip range of the probability ratio."""
     entropy_coeff: float = 0.0
     """Weight of the entropy bonus."""
     critic_coeff: float = 0.5
     """Weight of the critic loss."""
+    critic_loss: str = "l2"
+    """Critic regression loss: l2, smooth_l1 (torchrl's PPO tutorial) or l1."""
     max_grad_norm: float = 0.5
     """Gradient-norm clip per step."""
     hidden: tuple[int, ...] = (64, 64)
@@ -80,6 +109,24 @@ class Config(BaseConfig):
     """Episodes of the deterministic policy for ``final_return`` (0 skips evaluation)."""
     max_episode_steps: int = 1000
     """Step cap of one evaluation episode."""
+    obs_norm_steps: int = 0
+    """Normalise observations with torchrl's ``ObservationNorm`` (standard normal), its mean
+    and std computed from this many random-action frames of the env before training
+    (``init_stats``; not counted in the budget); evaluation reuses them. 0: no normalisation."""
+    step_counter: bool = False
+    """Append torchrl's ``StepCounter``: ``step_count`` in every tensordict, and the curve
+    ``step_count_max`` (longest episode in each batch, the ongoing ones included)."""
+
+    def __post_init__(self):
+        if self.advantage not in ADVANTAGES:
+            raise UsageError(f"advantage must be one of {', '.join(ADVANTAGES)}; "
+                             f"got {self.advantage!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; "
+                             f"got {self.lr_schedule!r}")
+        if self.critic_loss not in CRITIC_LOSSES:
+            raise UsageError(f"critic_loss must be one of {', '.join(CRITIC_LOSSES)}; "
+                             f"got {self.critic_loss!r}")
 
 
 #: settings that differ from the defaults per (backend, task): RL Zoo's where it has them
@@ -111,10 +158,31 @@ def config_for(backend: str, task: str, **overrides) -> Config:
 # --------------------------------------------------------------------------- building blocks
 
 
-def make_env(config: Config):
-    """The task from ``harness.backends`` (episode returns are tracked outside the env)."""
-    return backends.make_env(config.backend, config.task, device=config.device,
-                             num_envs=config.num_envs, seed=config.seed)
+def make_env(config: Config, obs_stats: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """The task from ``harness.backends`` (episode returns are tracked outside the env), then
+    the optional transforms: ``ObservationNorm`` (``obs_norm_steps``; ``obs_stats`` = the
+    ``(loc, scale)`` of a training env, so that an evaluation env normalises as training did)
+    and ``StepCounter`` (``step_counter``)."""
+    env = backends.make_env(config.backend, config.task, device=config.device,
+                            num_envs=config.num_envs, seed=config.seed)
+    if config.obs_norm_steps:
+        loc, scale = obs_stats if obs_stats is not None else (None, None)
+        norm = ObservationNorm(loc=loc, scale=scale, in_keys=["observation"],
+                               standard_normal=True)
+        env = env.append_transform(norm)
+        if obs_stats is None:  # random-action rollouts [num_envs, T, D]: over envs and time
+            norm.init_stats(config.obs_norm_steps, reduce_dim=(0, 1), cat_dim=1)
+    if config.step_counter:
+        env = env.append_transform(StepCounter())
+    return env
+
+
+def observation_stats(env) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(loc, scale)`` of the env's ``ObservationNorm``, or None without one."""
+    transform = getattr(env, "transform", None)
+    norms = [m for m in (transform.modules() if transform is not None else ())
+             if isinstance(m, ObservationNorm)]
+    return (norms[0].loc.clone(), norms[0].scale.clone()) if norms else None
 
 
 def make_modules(config: Config, env):
@@ -150,13 +218,28 @@ def make_modules(config: Config, env):
 
 
 def make_loss(config: Config, actor, critic):
-    """Clipped PPO loss with a GAE value estimator (``make_value_estimator``, torchrl 0.14)."""
+    """Clipped PPO loss with a GAE value estimator (``make_value_estimator``, torchrl 0.14),
+    torchrl's or rlgauge's (``config.advantage``)."""
     loss = ClipPPOLoss(actor, critic, clip_epsilon=config.clip_epsilon,
                        entropy_bonus=config.entropy_coeff > 0,
                        entropy_coeff=config.entropy_coeff, critic_coeff=config.critic_coeff,
-                       loss_critic_type="l2", normalize_advantage=True)
-    loss.make_value_estimator(ValueEstimators.GAE, gamma=config.gamma, lmbda=config.lmbda)
+                       loss_critic_type=config.critic_loss, normalize_advantage=True)
+    if config.advantage == "rlgauge":
+        use_kernel_gae(loss, gamma=config.gamma, lmbda=config.lmbda)
+    else:
+        loss.make_value_estimator(ValueEstimators.GAE, gamma=config.gamma, lmbda=config.lmbda)
     return loss
+
+
+def lr_factor(config: Config, step: int, updates_per_batch: int, total_updates: int) -> float:
+    """The learning rate's multiplier at gradient step ``step`` (``lr_schedule``)."""
+    if not config.anneal_lr or config.lr_schedule == "constant":
+        return 1.0
+    if config.lr_schedule == "linear":
+        return max(1.0 - step / total_updates, 0.0)
+    # cosine: one value per collected batch, as torch's CosineAnnealingLR stepped per batch
+    batches = max(total_updates // updates_per_batch, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step // updates_per_batch, batches) / batches))
 
 
 # --------------------------------------------------------------------------- training
@@ -175,7 +258,7 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
     budget = collector_frames(config)
     total_updates = updates_per_batch * (budget // config.frames_per_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: max(1.0 - i / total_updates, 0.0) if config.anneal_lr else 1.0)
+        optimizer, lambda i: lr_factor(config, i, updates_per_batch, total_updates))
     buffer = ReplayBuffer(storage=LazyTensorStorage(config.frames_per_batch, device=device),
                           sampler=SamplerWithoutReplacement(), batch_size=config.minibatch_size)
 
@@ -198,12 +281,16 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
         returns = track_returns(batch)
         if returns.numel():
             log.curve("episode_return", returns.mean().item(), frames, "return")
+        if config.step_counter:
+            log.curve("step_count_max", batch["next", "step_count"].max().item(), frames,
+                      "steps")
 
         # --- update: advantage with the current critic, then minibatch epochs
         with sections("update"):
             sums = {"loss_objective": 0.0, "loss_critic": 0.0, "loss_entropy": 0.0}
             steps = 0
-            frac = 1.0 - (frames - batch.numel()) / budget if config.anneal_lr else 1.0
+            anneal_clip = config.anneal_lr and config.anneal_clip
+            frac = 1.0 - (frames - batch.numel()) / budget if anneal_clip else 1.0
             loss_module.clip_epsilon.fill_(config.clip_epsilon * max(frac, 1e-3))
             for _ in range(config.num_epochs):
                 with torch.no_grad():
@@ -231,9 +318,10 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
             progress(frames, budget, {"return": log.last("episode_return")})
 
     wall = clock.elapsed()
+    stats = observation_stats(env)
     close_run(collector, env)
     timing_records(log, sections, frames, wall)
-    final_evaluation(log, make_env, config, actor)
+    final_evaluation(log, functools.partial(make_env, obs_stats=stats), config, actor)
     return TrainResult(log.frame(ALGORITHM, config), {"actor": actor, "critic": critic})
 
 

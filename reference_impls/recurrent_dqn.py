@@ -35,23 +35,55 @@ Simplified relative to R2D2: the burn-in steps are only left out of the loss (gr
 flow through them), no n-step returns, no prioritised sequences, one environment process.
 ``recurrent=False`` replaces the LSTM with a feed-forward layer: the same algorithm without
 memory, the baseline that a memory task must defeat.
+
+Pixels (``pixels=True``; torchrl's tutorial itself, ``harness.recipes``:
+``tutorial-recurrent-dqn``): the gymnasium task is rendered (``render_mode="rgb_array"``,
+gymnasium's ``AddRenderObservation``), the frames go through torchrl's ``ToTensorImage``,
+``GrayScale`` and ``Resize`` (``PixelResize``: the same transform without torchvision), and a
+``ConvNet`` with adaptive average pooling replaces the observation embedding. Rendering needs no
+display: gymnasium's classic-control envs draw ``rgb_array`` frames on an off-screen pygame
+surface; ``SDL_VIDEODRIVER=dummy`` (set here unless already set) only keeps pygame from probing
+for a window system. Also optional, for the tutorial: ``StepCounter`` (``step_counter``),
+``RewardScaling`` (``reward_scale``; returns are recorded in the env's own units),
+``ObservationNorm`` from random-action rollouts (``obs_norm_steps``), soft target updates
+(``target_update``) and a memory-mapped replay storage (``storage``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import torch
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.collectors import Collector
-from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import SliceSampler
-from torchrl.envs import InitTracker, TransformedEnv
-from torchrl.modules import MLP, EGreedyModule, LSTMModule, QValueModule, set_recurrent_mode
-from torchrl.objectives import DQNLoss, HardUpdate, ValueEstimators
+from torchrl.envs import (
+    GrayScale,
+    InitTracker,
+    ObservationNorm,
+    Resize,
+    RewardScaling,
+    StepCounter,
+    ToTensorImage,
+    TransformedEnv,
+)
+from torchrl.envs.transforms.transforms import ObservationTransform
+from torchrl.modules import (
+    MLP,
+    ConvNet,
+    EGreedyModule,
+    LSTMModule,
+    QValueModule,
+    set_recurrent_mode,
+)
+from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
 from harness import backends
+from harness.errors import UsageError
 from harness.timing import Sections
 from harness.training import (
     BaseConfig,
@@ -79,6 +111,8 @@ STATE_KEYS = ("recurrent_state_h", "recurrent_state_c")
 TRANSITION_KEYS = ("observation", "action", "is_init", *STATE_KEYS, TRAJ_KEY,
                    *[("next", k) for k in ("observation", "reward", "done", "terminated",
                                            "truncated", "is_init", *STATE_KEYS)])
+TARGET_UPDATES = ("hard", "soft")
+STORAGES = ("memory", "memmap")
 
 
 @dataclass(frozen=True)
@@ -136,6 +170,60 @@ class Config(BaseConfig):
     """Episodes of the greedy policy for ``final_return`` (0 skips evaluation)."""
     max_episode_steps: int = 1000
     """Step cap of one evaluation episode."""
+    target_update: str = "hard"
+    """Target-network update: ``hard`` (a copy every ``target_update_interval`` gradient steps,
+    ``HardUpdate``) or ``soft`` (Polyak averaging with ``tau`` after every gradient step,
+    ``SoftUpdate``)."""
+    tau: float = 0.005
+    """Polyak coefficient of ``soft`` target updates (target += tau (online - target))."""
+    storage: str = "memory"
+    """Replay storage: ``memory`` (``LazyTensorStorage`` on the device) or ``memmap``
+    (``LazyMemmapStorage``: memory-mapped files in a temporary directory, removed at exit;
+    samples are moved to the device)."""
+    pixels: bool = False
+    """Observe rendered frames (gymnasium backend): ``"pixels"`` [num_envs, 1, pixel_size,
+    pixel_size] float32 from ``ToTensorImage`` -> ``GrayScale`` -> ``Resize``, read by a
+    ``ConvNet`` trunk instead of the ``embed`` layer (the state ``"observation"`` stays in the
+    tensordicts, unused by the network)."""
+    pixel_size: int = 84
+    """Side of the resized square grayscale frame."""
+    conv_cells: tuple[int, ...] = (32, 32, 64)
+    """Channels of the ConvNet's layers (ELU), then adaptive average pooling to one value per
+    channel: the LSTM's input width is the last entry."""
+    conv_kernels: tuple[int, ...] = (3, 3, 3)
+    """Kernel size of each ConvNet layer (torchrl's default, the tutorial's)."""
+    conv_strides: tuple[int, ...] = (1, 1, 1)
+    """Stride of each ConvNet layer (torchrl's default, the tutorial's)."""
+    step_counter: bool = False
+    """Append torchrl's ``StepCounter``: ``step_count`` in every tensordict, and the curve
+    ``step_count_max`` (longest episode in each batch, the ongoing ones included)."""
+    reward_scale: float = 1.0
+    """``RewardScaling(loc=0, scale=reward_scale)`` on the training env when not 1; the recorded
+    returns (training and ``final_return``) stay in the env's own units."""
+    obs_norm_steps: int = 0
+    """Normalise the network's input (``"pixels"`` or ``"observation"``) with torchrl's
+    ``ObservationNorm`` (standard normal; one mean and std over all its entries), computed
+    from this many random-action frames before training (``init_stats``, not counted in the
+    budget); evaluation reuses them. 0: no normalisation."""
+
+    def __post_init__(self):
+        if self.target_update not in TARGET_UPDATES:
+            raise UsageError(f"target_update must be one of {', '.join(TARGET_UPDATES)}; "
+                             f"got {self.target_update!r}")
+        if self.storage not in STORAGES:
+            raise UsageError(f"storage must be one of {', '.join(STORAGES)}; "
+                             f"got {self.storage!r}")
+        if self.reward_scale <= 0:
+            raise UsageError(f"reward_scale must be > 0, got {self.reward_scale}")
+        if not len(self.conv_cells) == len(self.conv_kernels) == len(self.conv_strides):
+            raise UsageError(f"conv_cells, conv_kernels and conv_strides need one entry per "
+                             f"layer; got {self.conv_cells}, {self.conv_kernels}, "
+                             f"{self.conv_strides}")
+
+    @property
+    def input_key(self) -> str:
+        """The observation entry the network reads."""
+        return "pixels" if self.pixels else "observation"
 
 
 #: settings that differ from the defaults per (backend, task); CartPole-v1 episodes end at 500
@@ -163,12 +251,140 @@ def config_for(backend: str, task: str, **overrides) -> Config:
 # --------------------------------------------------------------------------- building blocks
 
 
-def make_env(config: Config):
-    """The task from ``harness.backends`` with episode starts (``InitTracker``) tracked;
-    ``add_primers`` adds the recurrent states of a policy's LSTM."""
-    env = backends.make_env(config.backend, config.task, device=config.device,
-                            num_envs=config.num_envs, seed=config.seed)
-    return TransformedEnv(env, InitTracker())
+def make_env(config: Config, obs_stats: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+             scale_rewards: bool = True):
+    """The task from ``harness.backends`` (``pixels``: rendered, ``make_pixel_env``) with
+    episode starts (``InitTracker``) tracked; ``add_primers`` adds the recurrent states of a
+    policy's LSTM. Optional, in the tutorial's order: ``StepCounter`` before the
+    ``InitTracker``, ``RewardScaling`` (unless ``scale_rewards`` is False: evaluation) and
+    ``ObservationNorm`` after it (``obs_stats``: the ``(loc, scale)`` of a training env)."""
+    if config.pixels:
+        env = make_pixel_env(config)
+    else:
+        env = backends.make_env(config.backend, config.task, device=config.device,
+                                num_envs=config.num_envs, seed=config.seed)
+    if config.step_counter:
+        env = env.append_transform(StepCounter())
+    env = env.append_transform(InitTracker()) if isinstance(env, TransformedEnv) \
+        else TransformedEnv(env, InitTracker())
+    if config.reward_scale != 1.0 and scale_rewards:
+        env.append_transform(RewardScaling(loc=0.0, scale=config.reward_scale))
+    if config.obs_norm_steps:
+        # random-action rollouts are [num_envs, T, *entry]: one mean and std over all dims
+        rollout_dims = 2 + len(env.observation_spec_unbatched[config.input_key].shape)
+        loc, scale = obs_stats if obs_stats is not None else (None, None)
+        norm = ObservationNorm(loc=loc, scale=scale, in_keys=[config.input_key],
+                               standard_normal=True)
+        env.append_transform(norm)
+        if obs_stats is None:
+            norm.init_stats(config.obs_norm_steps, reduce_dim=tuple(range(rollout_dims)),
+                            cat_dim=1)
+    return env
+
+
+class PixelResize(Resize):
+    """torchrl's ``Resize`` computed by torch's antialiased bilinear interpolation -- what
+    torchvision's ``resize`` runs on a float image tensor -- so that it needs no torchvision:
+    torchrl's own ``Resize`` imports it, and the registry's torchvision wheel is a CUDA build
+    whose operators do not load with the pinned CPU torch (``operator torchvision::nms does
+    not exist``); the CPU build is on PyTorch's own index only."""
+
+    def __init__(self, w: int, h: int | None = None, in_keys=("pixels",)):
+        ObservationTransform.__init__(self, in_keys=list(in_keys), out_keys=list(in_keys))
+        self.w, self.h = int(w), int(w if h is None else h)
+        self.interpolation = "bilinear"
+
+    def _apply_transform(self, observation: torch.Tensor) -> torch.Tensor:
+        if observation.shape[-2:] == torch.Size([self.w, self.h]):
+            return observation
+        lead = observation.shape[:-3]
+        out = nn.functional.interpolate(observation.reshape(-1, *observation.shape[-3:]),
+                                        size=[self.w, self.h], mode="bilinear",
+                                        align_corners=False, antialias=True)
+        return out.reshape(*lead, *out.shape[-3:])
+
+
+def _rendering_env(task_id: str):
+    """One gymnasium env whose observation is ``{"observation": state, "pixels": frame}``."""
+    import gymnasium as gym
+
+    env = gym.make(task_id, render_mode="rgb_array", disable_env_checker=True)
+    return gym.wrappers.AddRenderObservation(env, render_only=False, render_key="pixels",
+                                             obs_key="observation")
+
+
+def make_pixel_env(config: Config):
+    """The gymnasium task rendered to frames, batched like ``harness.backends`` batches it (one
+    ``SyncVectorEnv``, partial resets), then ``ToTensorImage`` -> ``GrayScale`` ->
+    ``Resize(pixel_size, pixel_size)``."""
+    if config.backend != "gymnasium":
+        raise UsageError(f"pixels=True renders gymnasium tasks only; got backend "
+                         f"{config.backend!r}")
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # no window system: pygame off-screen
+    import gymnasium as gym
+    from torchrl.envs import GymWrapper
+
+    task = backends.get_task(config.backend, config.task)
+    vec = gym.vector.SyncVectorEnv([functools.partial(_rendering_env, task.id)] * config.num_envs,
+                                   autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    env = GymWrapper(vec, categorical_action_encoding=True, device=config.device)
+    env.set_seed(config.seed)
+    return TransformedEnv(env, ToTensorImage(in_keys=["pixels"]))\
+        .append_transform(GrayScale(in_keys=["pixels"]))\
+        .append_transform(PixelResize(config.pixel_size, config.pixel_size))
+
+
+def observation_stats(env) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(loc, scale)`` of the env's ``ObservationNorm``, or None without one."""
+    norms = [m for m in env.transform.modules() if isinstance(m, ObservationNorm)]
+    return (norms[0].loc.clone(), norms[0].scale.clone()) if norms else None
+
+
+def pixel_evaluation(log: TrainLog, make_env, config: Config, policy) -> None:
+    """``final_return`` of a pixel run, as ``harness.training.final_evaluation`` measures it
+    (``eval_episodes`` greedy episodes, one per env of a batch seeded apart from training, each
+    cut at ``max_episode_steps``) but stepping without keeping the trajectory, and stopping
+    when every episode has ended. ``final_evaluation`` keeps the whole rollout: with rendered
+    frames glibc's heap then fragments around the ~4 MB of per-step temporaries (the RGB frame
+    and its float copy), and RSS grew by 1.75 MB per step -- a 5-env x 500-step evaluation
+    took 3.8 GB."""
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    if config.eval_episodes <= 0:
+        return
+    threads = torch.get_num_threads()
+    returns: list[float] = []
+    env = make_env(config.replace(seed=config.seed + 10_000,
+                                  num_envs=min(config.eval_episodes, 16)))
+    add_primers(env, policy)
+    try:
+        n = env.batch_size.numel()
+        with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+            while len(returns) < config.eval_episodes:
+                td = env.reset()
+                total = torch.zeros(n, dtype=torch.float64, device=env.device)
+                steps = torch.zeros(n, dtype=torch.long, device=env.device)
+                ended = torch.zeros(n, dtype=torch.bool, device=env.device)
+                while not ended.all():
+                    step, td = env.step_and_maybe_reset(policy(td))
+                    live = ~ended
+                    total += step["next", "reward"].reshape(n).double() * live
+                    steps += live.long()
+                    ended |= step["next", "done"].reshape(n) | (steps >= config.max_episode_steps)
+                returns.extend(total.tolist())
+    finally:
+        env.close()
+        torch.set_num_threads(threads)
+    log.scalar("final_return", sum(returns[:config.eval_episodes]) / config.eval_episodes,
+               "return")
+
+
+def transition_keys(config: Config) -> tuple:
+    """What the replay buffer keeps of a step: ``TRANSITION_KEYS`` with the network's input."""
+    if not config.pixels:
+        return TRANSITION_KEYS
+    swap = {"observation": "pixels", ("next", "observation"): ("next", "pixels")}
+    return tuple(swap.get(key, key) for key in TRANSITION_KEYS)
 
 
 def make_modules(config: Config, env):
@@ -184,17 +400,28 @@ def make_modules(config: Config, env):
         raise ValueError(f"{ALGORITHM} needs discrete actions; {config.task} has "
                          f"{dims.action_kind} actions")
     device = torch.device(config.device)
-    embed = TensorDictModule(
-        nn.Sequential(nn.Linear(dims.obs_dim, config.embed, device=device), nn.ReLU()),
-        in_keys=["observation"], out_keys=["embed"])
+    if config.pixels:  # ConvNet -> adaptive average pooling: one value per channel
+        channels = int(env.observation_spec_unbatched["pixels"].shape[-3])
+        trunk = ConvNet(in_features=channels, num_cells=list(config.conv_cells),
+                        kernel_sizes=list(config.conv_kernels), strides=list(config.conv_strides),
+                        aggregator_class=nn.AdaptiveAvgPool2d,
+                        aggregator_kwargs={"output_size": (1, 1)}, squeeze_output=True,
+                        device=device)
+        embed = TensorDictModule(trunk, in_keys=["pixels"], out_keys=["embed"])
+        width = config.conv_cells[-1]
+    else:
+        embed = TensorDictModule(
+            nn.Sequential(nn.Linear(dims.obs_dim, config.embed, device=device), nn.ReLU()),
+            in_keys=["observation"], out_keys=["embed"])
+        width = config.embed
     if config.recurrent:
-        lstm = LSTMModule(input_size=config.embed, hidden_size=config.lstm_hidden,
+        lstm = LSTMModule(input_size=width, hidden_size=config.lstm_hidden,
                           device=device, in_key="embed", out_key="features")
         loss_lstm = LSTMModule(lstm=lstm.lstm, in_keys=["embed", *STATE_KEYS],
                                out_keys=["features", "_lstm_h", "_lstm_c"])
     else:
         lstm = loss_lstm = TensorDictModule(
-            nn.Sequential(nn.Linear(config.embed, config.lstm_hidden, device=device), nn.ReLU()),
+            nn.Sequential(nn.Linear(width, config.lstm_hidden, device=device), nn.ReLU()),
             in_keys=["embed"], out_keys=["features"])
     head = TensorDictModule(
         MLP(in_features=config.lstm_hidden, out_features=dims.action_dim,
@@ -215,9 +442,14 @@ def make_loss(config: Config, loss_qnet, env):
 
 
 def make_buffer(config: Config):
-    """Sequence replay: padded, masked slices of ``slice_len`` steps within one trajectory."""
+    """Sequence replay: padded, masked slices of ``slice_len`` steps within one trajectory, in
+    memory on the device or memory-mapped (``storage``)."""
+    if config.storage == "memmap":
+        storage = LazyMemmapStorage(config.buffer_size)  # on CPU: files in a temporary dir
+    else:
+        storage = LazyTensorStorage(config.buffer_size, device=torch.device(config.device))
     return TensorDictReplayBuffer(
-        storage=LazyTensorStorage(config.buffer_size, device=torch.device(config.device)),
+        storage=storage,
         sampler=SliceSampler(slice_len=config.slice_len, traj_key=TRAJ_KEY,
                              end_key=("next", "done"), strict_length=False, span=True,
                              init_key=None, cache_values=True),
@@ -256,10 +488,14 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
     qnet, loss_qnet = make_modules(config, env)
     add_primers(env, qnet)
     loss_module = make_loss(config, loss_qnet, env)
-    target_updater = HardUpdate(loss_module,
-                                value_network_update_interval=config.target_update_interval)
+    if config.target_update == "soft":
+        target_updater = SoftUpdate(loss_module, tau=config.tau)
+    else:
+        target_updater = HardUpdate(loss_module,
+                                    value_network_update_interval=config.target_update_interval)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
     buffer = make_buffer(config)
+    keep = transition_keys(config)
     budget = collector_frames(config)
     exploration = EGreedyModule(env.action_spec_unbatched.to(device), eps_init=config.eps_init,
                            eps_end=config.eps_end,
@@ -283,18 +519,21 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
             break
         frames += batch.numel()
         exploration.step(batch.numel())
-        returns = track_returns(batch)
+        returns = track_returns(batch) / config.reward_scale  # RewardScaling: loc 0
         if returns.numel():
             log.curve("episode_return", returns.mean().item(), frames, "return")
+        if config.step_counter:
+            log.curve("step_count_max", batch["next", "step_count"].max().item(), frames,
+                      "steps")
 
         # --- update: slices of stored sequences, the LSTM unrolled over each
         with sections("update"):
             # [num_envs, T] -> one env's steps after the other: each episode piece contiguous
-            buffer.extend(batch.select(*TRANSITION_KEYS, strict=False).reshape(-1))
+            buffer.extend(batch.select(*keep, strict=False).reshape(-1))
             n_updates = config.updates_per_batch if frames >= config.learning_starts else 0
             total = 0.0
             for _ in range(n_updates):
-                sample = to_sequences(buffer.sample(), config.slice_len)
+                sample = to_sequences(buffer.sample().to(device), config.slice_len)
                 if config.burn_in:  # a slice that starts mid-episode starts from a stale state
                     mask = sample["collector", "mask"].clone()
                     mask[:, :config.burn_in] &= sample["is_init"][:, :1, 0]
@@ -313,10 +552,14 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
             progress(frames, budget, {"return": log.last("episode_return")})
 
     wall = clock.elapsed()
+    stats = observation_stats(env)
     close_run(collector, env)
     timing_records(log, sections, frames, wall)
-    final_evaluation(log, make_env, config, qnet,
-                     prepare=lambda e: add_primers(e, qnet))
+    eval_env = functools.partial(make_env, obs_stats=stats, scale_rewards=False)
+    if config.pixels:
+        pixel_evaluation(log, eval_env, config, qnet)
+    else:
+        final_evaluation(log, eval_env, config, qnet, prepare=lambda e: add_primers(e, qnet))
     return TrainResult(log.frame(ALGORITHM, config), {"qvalue": qnet})
 
 

@@ -4,6 +4,11 @@ Every registered algorithm's ``LEARNING_TARGETS`` -- RL Zoo returns at RL Zoo bu
 trained with 3 seeds; the median deterministic-policy return must reach the threshold. The
 session writes the table (algorithm, task, budget, threshold, per-seed and median return, wall
 time) to ``results/learning/learning-<machine>.md`` whether or not the thresholds are met.
+
+Every recipe (``harness.recipes``: torchrl's tutorial pipelines) is trained the same way at its
+tutorial's budget, and the median of its success criterion's value (e.g. the longest episode,
+``max_step_count``) must meet the tutorial's criterion. A recipe whose ``learning_device`` is
+``cuda`` is skipped where there is no GPU.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ pytestmark = pytest.mark.slow
 OUT = os.environ.get("RLGAUGE_LEARNING_OUT", "results/learning")
 MACHINE = os.environ.get("RLGAUGE_MACHINE") or platform.node() or "local"
 CASES = learning.targets()
+RECIPE_CASES = learning.recipe_targets()
 ROWS: list[pd.DataFrame] = []
 
 
@@ -42,3 +48,22 @@ def test_learning_reaches_published_threshold(algorithm, target):
         f"{algorithm} on {target.backend}/{target.task}: median return {median:.1f} over seeds "
         f"{rows['final_return'].round(1).tolist()} < {target.threshold} ({target.source}) "
         f"within {target.frames} frames")
+
+
+@pytest.mark.parametrize(("recipe", "target"), RECIPE_CASES,
+                         ids=[f"recipe-{r}" for r, _ in RECIPE_CASES])
+def test_recipe_meets_its_tutorial_criterion(recipe, target):
+    import torch
+
+    from harness import recipes
+
+    spec = recipes.get(recipe)
+    if spec.learning_device.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"{recipe}: its {spec.frames:,}-frame learning run is GPU-sized (see its "
+                    f"deviations in harness/recipes.py); no GPU here")
+    rows = learning.run_recipe(recipe, seeds=3, device=spec.learning_device, out_dir=OUT)
+    ROWS.append(rows)
+    assert learning.met(rows), (
+        f"{recipe}: median {spec.success.metric} {rows['value'].median():g} over seeds "
+        f"{rows['value'].round(1).tolist()} does not meet {spec.success.text()} within "
+        f"{spec.frames} frames ({spec.tutorial})")

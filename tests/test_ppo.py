@@ -18,10 +18,11 @@ def _obs(values, device) -> TensorDict:
     return TensorDict({"observation": obs}, [obs.shape[0]])
 
 
-def test_ppo_critic_learns_discounted_value_of_constant_reward(device):
+@pytest.mark.parametrize("advantage", ppo.ADVANTAGES)
+def test_ppo_critic_learns_discounted_value_of_constant_reward(device, advantage):
     gamma, horizon = 0.99, 10
     config = ppo.Config(task="constant-terminated", gamma=gamma, lmbda=0.95, frames=8192,
-                        anneal_lr=False, device=str(device), **PROBE)
+                        anneal_lr=False, device=str(device), advantage=advantage, **PROBE)
     run = ppo.train(config)
     value = run.modules["critic"](_obs(range(horizon), device))["state_value"].squeeze(-1)
     # V(t) = (1 - γ^(H-t)) / (1 - γ): constant reward 1 for the H - t remaining steps
@@ -119,3 +120,34 @@ def test_ppo_cli_bad_input_is_one_line_exit_2(argv, needle):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_ppo_rlgauge_gae_writes_torchrl_s_advantages():
+    from harness.gae_estimator import KernelGAE
+
+    config = ppo.config_for("gymnasium", "cartpole", num_envs=4, frames_per_batch=256)
+    env = ppo.make_env(config)
+    try:
+        actor, critic = ppo.make_modules(config, env)
+        batch = env.rollout(64, actor, break_when_any_done=False)  # [4, 64], with resets
+    finally:
+        env.close()
+    assert batch["next", "done"].any()  # episodes end inside the batch
+    losses = {adv: ppo.make_loss(config.replace(advantage=adv), actor, critic)
+              for adv in ppo.ADVANTAGES}
+    assert type(losses["rlgauge"].value_estimator) is KernelGAE
+    assert type(losses["torchrl"].value_estimator) is not KernelGAE
+    out = {}
+    for adv, loss in losses.items():
+        with torch.no_grad():
+            out[adv] = loss.value_estimator(batch.clone())
+    # the same module on the same batch: float32 rounding apart, the same numbers
+    for key in ("advantage", "value_target"):
+        torch.testing.assert_close(out["rlgauge"][key], out["torchrl"][key], atol=1e-5, rtol=1e-5)
+
+
+def test_ppo_rejects_unknown_advantage():
+    from harness.errors import UsageError
+
+    with pytest.raises(UsageError, match="advantage must be one of torchrl, rlgauge; got 'vec'"):
+        ppo.Config(advantage="vec")
