@@ -10,9 +10,10 @@
   / update (median shares), the final return as IQM with a 95% stratified-bootstrap interval
   (``iqm_interval``: ``scipy.stats.bootstrap``, percentile method, each stratum resampled on
   its own), time to the task's solved return (median over the runs that reached it, and how
-  many did), failures.
-- ``report_tables``: the pivots a person reads, algorithm x (backend/task, device):
-  throughput, time split, final return, time to threshold, and the list of failed cells.
+  many did), how many runs of a tutorial recipe met its success criterion, failures.
+- ``report_tables``: the pivots a person reads, (backend/task, device) x algorithm or recipe:
+  throughput, time split, final return, recipes' success, time to threshold, and the runs
+  that did not finish.
 - ``plots``: learning curves per task (IQM over seeds of the training return on a common frame
   grid, with the 95% interval as a band) and a throughput bar chart per backend/device (PNG).
 - ``write_report``: Markdown, CSV and one self-contained HTML page (tables and PNGs inlined).
@@ -165,6 +166,8 @@ def cell_table(frame: pd.DataFrame) -> pd.DataFrame:
         reached = _values(ok, "time_to_threshold_s")
         row["reached"] = len(reached)
         row["time_to_threshold_s"] = float(np.median(reached)) if len(reached) else math.nan
+        met = _values(ok, "success")  # recipes: the tutorial's success criterion (1/0)
+        row["success_met"], row["success_runs"] = int(met.sum()), len(met)
         errors = sorted({e for e in g["error"] if e})
         row["errors"] = "; ".join(errors)[:300]
         rows.append(row)
@@ -245,6 +248,10 @@ def _cell_pivots(cells: pd.DataFrame, out: dict) -> None:
                 if not math.isnan(r.get("env_share", math.nan)) else ""))
     out["Final return (deterministic policy): IQM [95% bootstrap CI], n seeds"] = _pivot(
         cells, lambda r: _status_text(r) or _return_text(r))
+    if cells["success_runs"].gt(0).any():
+        out["Tutorial recipes: runs that met the tutorial's success criterion"] = _pivot(
+            cells[cells["success_runs"] > 0], lambda r: _status_text(r) or
+            f"{r['success_met']}/{r['success_runs']}")
     if cells["threshold"].notna().any():
         out["Time to the solved return (training episodes): median s over the runs that "
             "reached it (reached/runs)"] = _pivot(cells, lambda r: _status_text(r) or (

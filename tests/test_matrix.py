@@ -256,6 +256,13 @@ def test_report_tables_and_files(tmp_path):
     assert hit.loc["gymnasium/cartpole cpu x8", "ppo"] == "11.0 (2/3)"
     assert hit.loc["gymnasium/cartpole cpu x8", "dqn"].startswith("not reached (0/3")
     assert "RuntimeError: boom" in text
+    assert not any(name.startswith("Tutorial") for name in tables)  # no recipe runs here
+    recipe = results.make_records([{"metric": "success", "value": v} for v in (1.0,)],
+                                  algorithm="tutorial-dqn", backend="gymnasium",
+                                  task="cartpole", device="cpu", num_envs=1, seed=0)
+    tables = report.report_tables(pd.concat([frame, recipe], ignore_index=True))
+    met = next(t for name, t in tables.items() if name.startswith("Tutorial"))
+    assert met.loc["gymnasium/cartpole cpu x1", "tutorial-dqn"] == "1/1"
     written = report.write_report(frame, tmp_path)
     page = written["html"].read_text()
     assert "data:image/png;base64," in page and "src='http" not in page
