@@ -122,6 +122,15 @@ MATRIX = {
     "full": ["--algorithms", "all", "--backends", "gymnasium,dm_control,envpool",
              "--devices", "all", "--seeds", "3"],
 }
+#: how the asv suite runs in each grid: quick takes 3 samples of one round per benchmark and
+#: leaves out what the quick matrix measures anyway (bench_training: the same short training
+#: runs) and the spawn-heavy MultiSync/MultiAsync collectors (~2-4 min of worker start-up);
+#: full runs everything with each benchmark's own repeat/rounds
+ASV_ARGS = {
+    "quick": ["-a", "repeat=3", "-a", "rounds=1",
+              "-b", r"^(?!bench_training\.|bench_collectors\.MultiCollect)"],
+    "full": [],
+}
 
 
 @nox.session(python=PYTHON)
@@ -141,11 +150,12 @@ def bench(session: nox.Session) -> None:
     # existing environment are saved only with --set-commit-hash.
     head = session.run("git", "rev-parse", "HEAD", external=True, silent=True).strip()
     session.run("asv", "run", "--python=same", "--set-commit-hash", head,
-                "--machine", ASV_MACHINE, "--show-stderr", *pos)
+                "--machine", ASV_MACHINE, "--show-stderr", *ASV_ARGS[grid], *pos)
     session.run("asv", "publish", silent=True)
     table = ROOT / "results" / "bench" / f"{ASV_MACHINE}.md"
+    components = ROOT / "results" / "bench" / f"{ASV_MACHINE}-components.md"
     session.run("python", "-m", "harness", "asv-table", "results/asv", "--machine", ASV_MACHINE,
-                "--out", str(table))
+                "--out", str(table), "--components-out", str(components))
     html = ROOT / "results" / "html" / "index.html"
     # the grid's runs live per commit (re-running at the same commit resumes; a new commit
     # starts afresh); the report has a stable path
@@ -154,7 +164,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "harness", "run", *MATRIX[grid], "--out", str(cells),
                 "--report-dir", str(report))
     session.log(f"asv dashboard: {html}  (serve it with `asv preview`, or open the file)")
-    session.log(f"asv table of this run: {table}")
+    session.log(f"asv table of this run: {table}; components beside their floors: "
+                f"{components}")
     session.log(f"asv raw results: {ROOT / 'results' / 'asv' / ASV_MACHINE}")
     session.log(f"training matrix report: {report / 'report.md'} (and .csv, .html, plots/)")
     session.log(f"training matrix runs: {cells}")
@@ -174,3 +185,85 @@ def lint(session: nox.Session) -> None:
     session.install("-c", str(CONSTRAINTS), "ruff")
     session.run("ruff", "check", "harness", "reference_impls", "bench", "tests", "noxfile.py",
                 *session.posargs)
+
+
+# --------------------------------------------------------------------------- regression gate
+
+
+@nox.session(python=PYTHON)
+def regress(session: nox.Session) -> None:
+    """Regression gate: `-- [BASE] [HEAD]` (default: merge base with main, HEAD) measured
+    interleaved in this job; exit 1 on a significant slowdown beyond the threshold.
+    `-- -b REGEX` selects benchmarks, `-- --save-baseline` / `-- --against-baseline` use
+    results/baseline/<machine>.csv. Needs full git history (see README)."""
+    install(session)
+    session.run("python", "-m", "harness.gate", "regress", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def gate_validity(session: nox.Session) -> None:
+    """Measure the gate itself (~25 min, not in CI): noise controls, A/A false alarms, injected
+    5/10/20% slowdowns -> results/gate/{noise,validity}-<machine>.md. `-- validity ARGS` or
+    `-- noise ARGS` runs one part."""
+    install(session)
+    pos = list(session.posargs)
+    if pos and pos[0] in {"noise", "validity"}:
+        session.run("python", "-m", "harness.gate", *pos)
+        return
+    session.run("python", "-m", "harness.gate", "noise", *pos)
+    session.run("python", "-m", "harness.gate", "validity", *pos)
+
+
+#: torchrl versions compared by `nox -s versions` -> the tensordict each needs
+TORCHRL_VERSIONS = {"0.13.3": "0.13.0", "0.14.1": "0.14.3"}
+
+
+def _torchrl_venv(session: nox.Session, torchrl: str, tensordict: str) -> str:
+    """A uv venv next to this session's with the pinned set but torchrl/tensordict replaced;
+    returns its python. Fails the session with one line when that torchrl cannot be
+    installed, imported or given its C++ extension here."""
+    import shutil
+
+    if not shutil.which("uv"):
+        session.error("nox -s versions needs `uv` on PATH to build its second environment")
+    venv = Path(session.virtualenv.location).parent / f"versions-torchrl-{torchrl}"
+    python = str(venv / "bin" / "python")
+    lines = [ln for ln in CONSTRAINTS.read_text().splitlines()
+             if not ln.replace(" ", "").lower().startswith(("torchrl==", "tensordict=="))]
+    constraints = Path(session.create_tmp()) / f"constraints-torchrl-{torchrl}.txt"
+    constraints.write_text("\n".join(lines) + "\n")
+    pins = [f"torchrl=={torchrl}", f"tensordict=={tensordict}"]
+    steps = [
+        ("create the venv", ["uv", "venv", "--quiet", "--allow-existing", "--python", PYTHON,
+                             str(venv)]),
+        ("install torch", ["uv", "pip", "install", "--quiet", "--python", python, "-c",
+                           str(constraints), "torch==2.13.0"]),
+        (f"install torchrl {torchrl} / tensordict {tensordict}",
+         ["uv", "pip", "install", "--quiet", "--python", python, "-c", str(constraints), *pins,
+          "-e", f"{ROOT}[run]"]),
+        ("import it", [python, "-c", "import importlib.metadata as m, torchrl, tensordict; "
+                       f"assert m.version('torchrl') == '{torchrl}', m.version('torchrl')"]),
+        ("make its C++ extension load", [python, "-m", "harness", "build-ext"]),
+    ]
+    for what, cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode != 0:
+            last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+            session.error(f"torchrl {torchrl} (tensordict {tensordict}) is unusable here: "
+                          f"could not {what}: {last}")
+    return python
+
+
+@nox.session(python=PYTHON, default=False)
+def versions(session: nox.Session) -> None:
+    """Component benchmarks (GAE, env step, replay buffer, loss update, collector) on torchrl
+    0.13.3 and 0.14.1 side by side -> results/gate/versions-<machine>.md; `-- ARGS` go to
+    `python -m harness.gate versions` (e.g. `--rounds 6`, `-b REGEX`)."""
+    install(session)  # this venv: the pinned set (constraints.txt's torchrl)
+    pinned = next(ln.split("==", 1)[1].strip() for ln in CONSTRAINTS.read_text().splitlines()
+                  if ln.replace(" ", "").lower().startswith("torchrl=="))
+    own = Path(session.virtualenv.location) / "bin" / "python"
+    pythons = [f"{torchrl}={own if torchrl == pinned else _torchrl_venv(session, torchrl, td)}"
+               for torchrl, td in TORCHRL_VERSIONS.items()]
+    session.run("python", "-m", "harness.gate", "versions", *pythons, *session.posargs)
