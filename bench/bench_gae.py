@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import RLBenchmark
+from bench.common import RLBenchmark, emit
 
 GAMMA, LMBDA = 0.99, 0.95
 DONE_RATE = 0.01
@@ -430,11 +430,7 @@ def main(argv=None) -> int:
         lines.append(f"| {shape} | {_fmt(t_torchrl)} | {_fmt(t_rlgauge)} | "
                      f"{t_torchrl / t_rlgauge:.1f}× |")
     text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(text)
+    emit(text, args.out)
     return 0
 
 

@@ -29,7 +29,7 @@ import time
 
 import torch  # noqa: F401 -- imported once by asv's forkserver, not per benchmark process
 
-from bench.common import RLBenchmark, pin_threads
+from bench.common import RLBenchmark, emit, pin_threads
 from harness.devices import synchronize
 
 PIXEL_RECIPE = "tutorial-recurrent-dqn"
@@ -311,11 +311,7 @@ def main(argv=None) -> int:
     finally:
         share.teardown()
     text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(text)
+    emit(text, args.out)
     return 0
 
 

@@ -228,3 +228,15 @@ def slowed_down(benchmark: str, call, spec: str | None = None):
 
     wrapped.iterations = []
     return wrapped
+
+
+# --------------------------------------------------------------------------- report output
+
+
+def emit(text: str, out: str | None = None) -> None:
+    """Print a module's ``python -m bench.<module>`` report and, with ``--out``, write it."""
+    print(text, end="")
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(text)

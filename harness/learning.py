@@ -70,16 +70,23 @@ def _one_seed(algorithm: str, target, seed: int, runs_dir: str) -> dict:
 def run_target(algorithm: str, target, *, seeds: int = 3, workers: int | None = None,
                out_dir: str | Path = "results/learning") -> pd.DataFrame:
     """Train ``seeds`` runs of ``algorithm`` on ``target``; one row per seed."""
+    return _seeds(algorithm, target, seeds, workers, out_dir,
+                  lambda s, runs_dir: (_one_seed, algorithm, target, s, runs_dir))
+
+
+def _seeds(name: str, target, seeds: int, workers: int | None, out_dir, job) -> pd.DataFrame:
+    """Run ``job(seed, runs_dir) -> (fn, *args)`` for each seed in spawned worker processes
+    (fresh interpreters: no state shared with the caller); one row per seed plus the
+    target's columns."""
     runs_dir = Path(out_dir) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or min(seeds, len(os.sched_getaffinity(0)))
-    ctx = mp.get_context("spawn")  # fresh interpreters: no state shared with the caller
+    ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_one_seed, algorithm, target, s, str(runs_dir))
-                   for s in range(seeds)]
+        futures = [pool.submit(*job(s, str(runs_dir))) for s in range(seeds)]
         rows = [f.result() for f in futures]
     frame = pd.DataFrame(rows)
-    frame.insert(0, "algorithm", algorithm)
+    frame.insert(0, "algorithm", name)
     for col in ("backend", "task", "frames", "threshold", "source"):
         frame[col] = getattr(target, col)
     return frame
@@ -111,19 +118,8 @@ def run_recipe(name: str, *, seeds: int = 3, workers: int | None = None, device:
     from harness import recipes
 
     target = recipes.learning_target(recipes.get(name))
-    runs_dir = Path(out_dir) / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(seeds, len(os.sched_getaffinity(0)))
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_one_recipe_seed, name, s, str(runs_dir), device)
-                   for s in range(seeds)]
-        rows = [f.result() for f in futures]
-    frame = pd.DataFrame(rows)
-    frame.insert(0, "algorithm", name)
-    for col in ("backend", "task", "frames", "threshold", "source"):
-        frame[col] = getattr(target, col)
-    return frame
+    return _seeds(name, target, seeds, workers, out_dir,
+                  lambda s, runs_dir: (_one_recipe_seed, name, s, runs_dir, device))
 
 
 def met(rows: pd.DataFrame) -> bool:
