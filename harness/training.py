@@ -8,6 +8,9 @@
   into tidy ``harness.results`` records with the run's context.
 - ``episode_returns``: the returns of the episodes that ended in a collected batch
   (needs torchrl's ``RewardSum`` transform on the env).
+- ``collect``: the collection half of every training loop -- batches from a ``Collector``,
+  their time charged to ``collect``, episode returns (``EpisodeReturns``) and the longest step
+  count logged.
 - ``evaluate``: deterministic-policy returns over whole episodes.
 
 Algorithms report progress through a ``progress(frames_done, frames_total, info)`` callback and
@@ -184,6 +187,34 @@ class EpisodeReturns:
         last = segment[:, -1] + done[:, -1].long()  # the segment still open after the batch
         self.running = sums.gather(1, last.unsqueeze(1)).squeeze(1)
         return ended.float()
+
+
+def collect(collector, sections, log: TrainLog, *, step_counter: bool = False,
+            return_scale: float = 1.0):
+    """The collection half of every reference training loop: yields ``(frames, batch,
+    returns)`` for each batch ``collector`` collects, with the time to get it charged to
+    ``sections["collect"]``, ``frames`` the running total, and ``returns`` the returns of the
+    episodes that ended in it (divided by ``return_scale``, undoing a ``RewardScaling``), whose
+    mean is logged as ``episode_return``; with ``step_counter``, the batch's longest step
+    count is logged as ``step_count_max``."""
+    track_returns = EpisodeReturns()
+    frames = 0
+    batches = iter(collector)
+    while True:
+        with sections("collect"):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        frames += batch.numel()
+        returns = track_returns(batch)
+        if return_scale != 1.0:
+            returns = returns / return_scale
+        if returns.numel():
+            log.curve("episode_return", returns.mean().item(), frames, "return")
+        if step_counter:
+            log.curve("step_count_max", batch["next", "step_count"].max().item(), frames,
+                      "steps")
+        yield frames, batch, returns
 
 
 def episode_returns(batch: TensorDictBase) -> torch.Tensor:

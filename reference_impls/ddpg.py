@@ -44,13 +44,13 @@ from harness.timing import Sections
 from harness.training import (
     BaseConfig,
     Clock,
-    EpisodeReturns,
     LearningTarget,
     Progress,
     TimedPolicy,
     TrainLog,
     TrainResult,
     close_run,
+    collect,
     collector_frames,
     env_dims,
     final_evaluation,
@@ -242,21 +242,10 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                           total_frames=budget, init_random_frames=warmup, device=device,
                           auto_register_policy_transforms=False)
     log = TrainLog()
-    track_returns = EpisodeReturns()
     clock = Clock(device)
     frames = 0
     sums, n_updates = {"loss_actor": 0.0, "loss_value": 0.0}, 0  # since the last loss record
-    batches = iter(collector)
-    while True:
-        # --- collect
-        with sections("collect"):
-            batch = next(batches, None)
-        if batch is None:
-            break
-        frames += batch.numel()
-        returns = track_returns(batch)
-        if returns.numel():
-            log.curve("episode_return", returns.mean().item(), frames, "return")
+    for frames, batch, _ in collect(collector, sections, log):
 
         # --- update: warm-up frames only fill the buffer
         with sections("update"):

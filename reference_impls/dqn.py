@@ -44,13 +44,13 @@ from harness.timing import Sections
 from harness.training import (
     BaseConfig,
     Clock,
-    EpisodeReturns,
     LearningTarget,
     Progress,
     TimedPolicy,
     TrainLog,
     TrainResult,
     close_run,
+    collect,
     collector_frames,
     env_dims,
     final_evaluation,
@@ -258,27 +258,14 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                           auto_register_policy_transforms=False)
     log = TrainLog()
     csv_logger = make_csv_logger(config)
-    track_returns = EpisodeReturns()
     clock = Clock(device)
     frames = 0
-    batches = iter(collector)
-    while True:
-        # --- collect
-        with sections("collect"):
-            batch = next(batches, None)
-        if batch is None:
-            break
-        frames += batch.numel()
-        returns = track_returns(batch)
-        if returns.numel():
-            log.curve("episode_return", returns.mean().item(), frames, "return")
-            if csv_logger is not None:
-                csv_logger.log_scalar("episode_return", log.last("episode_return"), frames)
-        if config.step_counter:
-            log.curve("step_count_max", batch["next", "step_count"].max().item(), frames,
-                      "steps")
-            if csv_logger is not None:
-                csv_logger.log_scalar("step_count_max", log.last("step_count_max"), frames)
+    for frames, batch, returns in collect(
+            collector, sections, log, step_counter=config.step_counter):
+        if csv_logger is not None and returns.numel():
+            csv_logger.log_scalar("episode_return", log.last("episode_return"), frames)
+        if csv_logger is not None and config.step_counter:
+            csv_logger.log_scalar("step_count_max", log.last("step_count_max"), frames)
 
         # --- update: store the batch, anneal ε (and β), then gradient steps on replayed batches
         with sections("update"):

@@ -42,13 +42,13 @@ from harness.timing import Sections
 from harness.training import (
     BaseConfig,
     Clock,
-    EpisodeReturns,
     LearningTarget,
     Progress,
     TimedPolicy,
     TrainLog,
     TrainResult,
     close_run,
+    collect,
     collector_frames,
     env_dims,
     final_evaluation,
@@ -267,23 +267,10 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                           frames_per_batch=config.frames_per_batch, total_frames=budget,
                           device=device, auto_register_policy_transforms=False)
     log = TrainLog()
-    track_returns = EpisodeReturns()
     clock = Clock(device)
     frames = 0
-    batches = iter(collector)
-    while True:
-        # --- collect
-        with sections("collect"):
-            batch = next(batches, None)
-        if batch is None:
-            break
-        frames += batch.numel()
-        returns = track_returns(batch)
-        if returns.numel():
-            log.curve("episode_return", returns.mean().item(), frames, "return")
-        if config.step_counter:
-            log.curve("step_count_max", batch["next", "step_count"].max().item(), frames,
-                      "steps")
+    for frames, batch, _ in collect(collector, sections, log,
+                                    step_counter=config.step_counter):
 
         # --- update: advantage with the current critic, then minibatch epochs
         with sections("update"):

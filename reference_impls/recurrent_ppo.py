@@ -58,7 +58,6 @@ from harness.timing import Sections
 from harness.training import (
     BaseConfig,
     Clock,
-    EpisodeReturns,
     LearningTarget,
     Progress,
     TimedPolicy,
@@ -66,6 +65,7 @@ from harness.training import (
     TrainResult,
     add_primers,
     close_run,
+    collect,
     collector_frames,
     env_dims,
     final_evaluation,
@@ -296,20 +296,9 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                           frames_per_batch=config.frames_per_batch, total_frames=budget,
                           device=device, auto_register_policy_transforms=False)
     log = TrainLog()
-    track_returns = EpisodeReturns()
     clock = Clock(device)
     frames = 0
-    batches = iter(collector)
-    while True:
-        # --- collect
-        with sections("collect"):
-            batch = next(batches, None)
-        if batch is None:
-            break
-        frames += batch.numel()
-        returns = track_returns(batch)
-        if returns.numel():
-            log.curve("episode_return", returns.mean().item(), frames, "return")
+    for frames, batch, _ in collect(collector, sections, log):
 
         # --- update: advantage over the [num_envs, T] rows, then minibatches of chunks
         with sections("update"), set_recurrent_mode(True):
