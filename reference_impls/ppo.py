@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector
@@ -245,6 +246,26 @@ def lr_factor(config: Config, step: int, updates_per_batch: int, total_updates: 
 # --------------------------------------------------------------------------- training
 
 
+def update_step(loss_module, optimizer, scheduler, minibatch, max_grad_norm: float,
+                sums: dict) -> TensorDictBase:
+    """One clipped-PPO gradient step on ``minibatch`` (objective + critic [+ entropy] losses,
+    gradient-norm clip, optimiser and scheduler steps); adds the detached losses to ``sums``
+    and returns them. ``reference_impls.recurrent_ppo`` takes the same step on chunks."""
+    losses = loss_module(minibatch)
+    loss = losses["loss_objective"] + losses["loss_critic"]
+    if "loss_entropy" in losses.keys():
+        loss = loss + losses["loss_entropy"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(loss_module.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    for key in sums:
+        if key in losses.keys():
+            sums[key] += losses[key].detach()
+    return losses
+
+
 def train(config: Config, progress: Progress | None = None) -> TrainResult:
     """Train PPO on ``config``: tidy results records plus the trained actor and critic."""
     torch.manual_seed(config.seed)
@@ -284,19 +305,8 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                     loss_module.value_estimator(batch)
                 buffer.extend(batch.reshape(-1))
                 for _ in range(max(config.frames_per_batch // config.minibatch_size, 1)):
-                    minibatch = buffer.sample()
-                    losses = loss_module(minibatch)
-                    loss = losses["loss_objective"] + losses["loss_critic"]
-                    if "loss_entropy" in losses.keys():
-                        loss = loss + losses["loss_entropy"]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    for key in sums:
-                        if key in losses.keys():
-                            sums[key] += losses[key].detach()
+                    losses = update_step(loss_module, optimizer, scheduler, buffer.sample(),
+                                         config.max_grad_norm, sums)
                     steps += 1
             for key, value in sums.items():
                 if key in losses.keys():

@@ -71,6 +71,7 @@ from harness.training import (
     final_evaluation,
     timing_records,
 )
+from reference_impls.ppo import update_step
 
 ALGORITHM = "recurrent_ppo"
 
@@ -312,18 +313,8 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                         loss_module.value_estimator(batch)
                 buffer.extend(batch.reshape(num_chunks, chunk_len))
                 for _ in range(minibatches):
-                    losses = loss_module(buffer.sample())
-                    loss = losses["loss_objective"] + losses["loss_critic"]
-                    if "loss_entropy" in losses.keys():
-                        loss = loss + losses["loss_entropy"]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    for key in sums:
-                        if key in losses.keys():
-                            sums[key] += losses[key].detach()
+                    losses = update_step(loss_module, optimizer, scheduler, buffer.sample(),
+                                         config.max_grad_norm, sums)
                     n += 1
             for key, value in sums.items():
                 if key in losses.keys():
