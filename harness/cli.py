@@ -450,7 +450,7 @@ def cmd_run(args) -> int:
     print(f"grid: {len(specs)} run(s) + {len(skips)} skipped combination(s); {len(todo)} to run"
           f", {len(specs) - len(todo)} already in {out}; {workers} worker(s), {timeout:g} s "
           f"and {mem:,.0f} MB per run", file=sys.stderr)
-    outcome = _run_with_progress(args, specs, skips, out, workers, timeout, mem)
+    outcome = _run_with_progress(args, specs, skips, out, workers, timeout, mem, len(todo))
     done = ", ".join(f"{n} {s}" for s, n in sorted(outcome.done.items())) or "nothing new"
     print(f"runs: {done}; {outcome.reused} reused; {outcome.skipped} skipped combination(s)",
           file=sys.stderr)
@@ -471,7 +471,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _run_with_progress(args, specs, skips, out, workers, timeout, mem):
+def _run_with_progress(args, specs, skips, out, workers, timeout, mem, total: int):
     from tqdm import tqdm
 
     from harness import matrix
@@ -480,9 +480,8 @@ def _run_with_progress(args, specs, skips, out, workers, timeout, mem):
         from harness import matrix_ray as runner
     else:
         runner = matrix
-    todo = matrix.pending(specs, out, retry_failed=args.retry_failed)
     current: dict[str, str] = {}
-    with tqdm(total=len(todo), unit="run", dynamic_ncols=True, file=sys.stderr,
+    with tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr,
               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] "
                          "{postfix}") as bar:
         def progress(event, spec, finished, total):
