@@ -18,6 +18,11 @@ floor / value for rates (a unit ending in ``/s``, e.g. ``frames/s``: higher is b
 ``floors`` imports the bench modules by name (``bench.<module>``, the repository root being
 the working directory of ``nox -s bench`` and ``python -m harness asv-table``); a module that
 is missing or fails to import contributes no floors.
+
+Cost and spread. ``suite_cost`` reads, from the newest result file per machine, the seconds
+asv recorded for each benchmark (all its parameter points, setup included) and for each
+module's ``setup_cache``, and the IQR/median spread of every ``time_*`` point; ``cost_markdown``
+prints them per module with the suite's median spread (the asv suite's own budget: issue 6).
 """
 
 from __future__ import annotations
@@ -268,3 +273,90 @@ def components_markdown(frame: pd.DataFrame, floor_map: dict[str, str] | None = 
         topic = module.removeprefix("bench_")
         parts.append(f"### {topic}\n\n{view.to_markdown(index=False)}")
     return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------- cost and spread
+
+#: the spread a benchmark's samples should stay within (IQR / median), issue 6
+SPREAD_GOAL = 0.05
+_SETUP_CACHE = re.compile(r"^<setup_cache (?P<module>[^:>]+)")
+
+
+def _newest_files(root: Path, machine: str | None) -> list[tuple[str, dict]]:
+    out = []
+    machines = [root / machine] if machine else [p for p in root.iterdir() if p.is_dir()]
+    for mdir in machines:
+        docs = [json.loads(p.read_text()) for p in sorted(mdir.glob("*.json"))
+                if p.name not in SKIP]
+        if docs:
+            out.append((mdir.name, max(docs, key=lambda d: d.get("date") or 0)))
+    return out
+
+
+def suite_cost(results_dir: str | Path = "results/asv", *,
+               machine: str | None = None) -> pd.DataFrame:
+    """One row per (machine, module) of the newest run: ``seconds`` (benchmarks' recorded
+    durations plus ``setup_cache``), ``setup_cache_s``, ``points`` (time_* points measured),
+    ``median_spread``, ``within_goal`` (share of points with spread <= ``SPREAD_GOAL``) and
+    ``worst`` (the three widest points)."""
+    root = Path(results_dir)
+    frame = latest(load(root, machine=machine))
+    rows = []
+    for mname, doc in _newest_files(root, machine):
+        seconds: dict[str, float] = {}
+        setup: dict[str, float] = {}
+        for name, entry in doc.get("results", {}).items():
+            module = name.split(".", 1)[0]
+            duration = _columns(doc, entry).get("duration") or 0.0
+            seconds[module] = seconds.get(module, 0.0) + float(duration)
+        for key, duration in (doc.get("durations") or {}).items():
+            m = _SETUP_CACHE.match(key)
+            if m:
+                setup[m["module"]] = setup.get(m["module"], 0.0) + float(duration)
+        points = frame[(frame["machine"] == mname) & frame["spread"].notna()
+                       & frame["benchmark"].str.split(".").str[-1].str.startswith("time_")]
+        for module in sorted(set(seconds) | set(setup)):
+            mine = points[points["benchmark"].str.split(".", n=1).str[0] == module]
+            worst = mine.nlargest(3, "spread")
+            rows.append({
+                "machine": mname, "module": module,
+                "seconds": seconds.get(module, 0.0) + setup.get(module, 0.0),
+                "setup_cache_s": setup.get(module, 0.0), "points": len(mine),
+                "median_spread": float(mine["spread"].median()) if len(mine) else None,
+                "within_goal": float((mine["spread"] <= SPREAD_GOAL).mean()) if len(mine)
+                else None,
+                "worst": "; ".join(
+                    f"{b.split('.', 1)[1]}[{', '.join(v.values())}] {s:.0%}" for b, v, s in
+                    zip(worst["benchmark"], worst["param_values"], worst["spread"],
+                        strict=True)),
+                "spreads": list(mine["spread"]),
+            })
+    return pd.DataFrame(rows, columns=["machine", "module", "seconds", "setup_cache_s",
+                                       "points", "median_spread", "within_goal", "worst",
+                                       "spreads"])
+
+
+def cost_markdown(cost: pd.DataFrame) -> str:
+    """``suite_cost`` as a table per module plus an "all" row (median over every point)."""
+    if cost.empty:
+        return ""
+
+    def pct(x):
+        return "" if x is None or pd.isna(x) else f"{x:.1%}"
+
+    view = []
+    for (mname, module), row in cost.set_index(["machine", "module"]).iterrows():
+        view.append({"module": module, "asv time": f"{row['seconds'] / 60:.1f} min",
+                     "of which setup_cache": f"{row['setup_cache_s']:.0f} s",
+                     "time_* points": row["points"], "median spread": pct(row["median_spread"]),
+                     f"points <= {SPREAD_GOAL:.0%}": pct(row["within_goal"]),
+                     "widest": row["worst"]})
+    spreads = pd.Series([s for ss in cost["spreads"] for s in ss], dtype=float)
+    view.append({"module": "**all**", "asv time": f"{cost['seconds'].sum() / 60:.1f} min",
+                 "of which setup_cache": f"{cost['setup_cache_s'].sum():.0f} s",
+                 "time_* points": len(spreads),
+                 "median spread": pct(spreads.median() if len(spreads) else None),
+                 f"points <= {SPREAD_GOAL:.0%}": pct((spreads <= SPREAD_GOAL).mean()
+                                                     if len(spreads) else None),
+                 "widest": ""})
+    return pd.DataFrame(view).to_markdown(index=False)

@@ -12,7 +12,7 @@ Subcommands::
                 ``--recipes``), each in its own worker process; resumable; ends with the report
     compare     two result sets side by side; exit 1 when a row is significantly worse
     env B T     build one env, check its specs and time a random rollout
-    asv-table   the latest asv results as a Markdown table
+    asv-table   the latest asv results as a Markdown table (× floor, cost and spread per module)
     build-ext   make torchrl's C++ extension load (rebuilds it against the installed torch)
 
 Bad input (unknown subcommand or option, a path that is not a results file...) prints one line
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="rebuild even if it loads")
     b.add_argument("--verbose", action="store_true", help="show the compiler commands")
 
-    a = sub.add_parser("asv-table", help="latest asv results of a machine as a Markdown table")
+    a = sub.add_parser("asv-table", help="latest asv results of a machine as a Markdown table, with × floor and the run's cost and spread per module")
     a.add_argument("results", nargs="?", type=Path, default=Path("results/asv"),
                    help="asv results directory (default: results/asv)")
     a.add_argument("--machine", help="asv machine name (default: every machine)")
@@ -328,6 +328,11 @@ def cmd_asv_table(args) -> int:
         raise UsageError(f"no asv results under {str(args.results)!r}"
                          + (f" for machine {args.machine!r}" if args.machine else ""))
     text = asv_results.markdown(frame)
+    cost = asv_results.cost_markdown(asv_results.suite_cost(args.results, machine=args.machine))
+    if cost:
+        text += ("\n\n## Cost and spread of this run\n\nSeconds asv recorded per module "
+                 "(benchmarks and setup_cache; process start-up not included) and the "
+                 "IQR/median spread of its time_* points.\n\n" + cost)
     print(text)
     header = (f"# asv results: machine {', '.join(sorted(frame['machine'].unique()))}, "
               f"commit {', '.join(sorted(frame['commit'].unique()))}\n\n")

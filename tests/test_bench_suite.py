@@ -205,6 +205,37 @@ def test_asv_table_prints_times_floor_from_an_asv_results_dir(tmp_path):
     assert "| 3×" in text and "| 8×" in text  # 3 ms and 8 ms against a 1 ms floor
 
 
+def test_suite_cost_sums_durations_and_spreads_per_module(tmp_path):
+    """suite_cost: seconds = benchmarks' durations + the module's setup_cache, spreads of the
+    time_* points only (not track_*), the newest file per machine."""
+    import json
+
+    from harness.asv_results import cost_markdown, suite_cost
+
+    meta = {"bench_x.A.time_x": {"param_names": ["size"], "unit": "seconds"},
+            "bench_x.A.track_y": {"param_names": [], "unit": "frames/s"}}
+    (tmp_path / "benchmarks.json").write_text(json.dumps(meta))
+    (tmp_path / "m").mkdir()
+    cols = ["result", "params", "stats_q_25", "stats_q_75", "duration"]
+    old = {"commit_hash": "00000000", "env_name": "e", "date": 1, "result_columns": cols,
+           "results": {"bench_x.A.time_x": [[1.0], [["1"]], [0.0], [9.0], 1000.0]}}
+    new = {"commit_hash": "abcdef12", "env_name": "e", "date": 2, "result_columns": cols,
+           "durations": {"<setup_cache bench_x:12>": 30.0, "<build>": 5.0},
+           "results": {"bench_x.A.time_x": [[1.0, 2.0], [["1", "2"]], [0.99, 1.9], [1.01, 2.1],
+                                            60.0],
+                       "bench_x.A.track_y": [[5.0], [], None, None, 30.0]}}
+    (tmp_path / "m" / "00000000-e.json").write_text(json.dumps(old))
+    (tmp_path / "m" / "abcdef12-e.json").write_text(json.dumps(new))
+    cost = suite_cost(tmp_path)
+    assert len(cost) == 1
+    row = cost.iloc[0]
+    assert row["module"] == "bench_x" and row["seconds"] == 120.0 and row["setup_cache_s"] == 30
+    assert row["points"] == 2 and row["median_spread"] == pytest.approx(0.06)  # 2% and 10%
+    assert row["within_goal"] == 0.5 and "time_x[2] 10%" in row["worst"]
+    text = cost_markdown(cost)
+    assert "2.0 min" in text and "**all**" in text and "6.0%" in text
+
+
 @pytest.mark.skipif(importlib.util.find_spec("asv") is None, reason="asv is not installed")
 def test_asv_discovers_the_suite():
     """``asv check``: asv's own import of every benchmark and its signature checks."""
