@@ -345,7 +345,9 @@ def cost_markdown(cost: pd.DataFrame) -> str:
         return "" if x is None or pd.isna(x) else f"{x:.1%}"
 
     view = []
-    for (mname, module), row in cost.set_index(["machine", "module"]).iterrows():
+    several = cost["machine"].nunique() > 1
+    for _, row in cost.iterrows():
+        module = f"{row['machine']}: {row['module']}" if several else row["module"]
         view.append({"module": module, "asv time": f"{row['seconds'] / 60:.1f} min",
                      "of which setup_cache": f"{row['setup_cache_s']:.0f} s",
                      "time_* points": row["points"], "median spread": pct(row["median_spread"]),

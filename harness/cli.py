@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="rebuild even if it loads")
     b.add_argument("--verbose", action="store_true", help="show the compiler commands")
 
-    a = sub.add_parser("asv-table", help="latest asv results of a machine as a Markdown table, with × floor and the run's cost and spread per module")
+    a = sub.add_parser("asv-table", help="latest asv results of a machine as a Markdown table, "
+                       "with × floor and the run's cost and spread per module")
     a.add_argument("results", nargs="?", type=Path, default=Path("results/asv"),
                    help="asv results directory (default: results/asv)")
     a.add_argument("--machine", help="asv machine name (default: every machine)")

@@ -109,6 +109,7 @@ struct Simd<float> {
   static constexpr int W = 16;
   using V = __m512;
   using K = __mmask16;
+  static constexpr K ALL = 0xFFFF;  // every lane
   static inline V load(const float* p) { return _mm512_loadu_ps(p); }
   static inline V maskz_load(K k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
   static inline void store(float* p, V x) { _mm512_storeu_ps(p, x); }
@@ -135,6 +136,7 @@ struct Simd<double> {
   static constexpr int W = 8;
   using V = __m512d;
   using K = __mmask8;
+  static constexpr K ALL = 0xFF;
   static inline V load(const double* p) { return _mm512_loadu_pd(p); }
   static inline V maskz_load(K k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
   static inline void store(double* p, V x) { _mm512_storeu_pd(p, x); }
@@ -168,25 +170,64 @@ inline void scan(typename Simd<S>::V& b, typename Simd<S>::V& c) {
   }
 }
 
+// Scalar gamma and lambda: in a vector where no step is done, c_t = q = g l in every lane, so
+// the scan's multipliers are powers of q, the same for every such vector (computed once per
+// call, ``Powers``): the scan then shuffles b only, half the shuffles of the general one.
+template <typename S>
+struct Powers {
+  using X = Simd<S>;
+  static constexpr int L = X::W == 16 ? 4 : 3;  // log2(W) scan levels
+  typename X::V level[L];  // level k: q^(2^k) in every lane
+  typename X::V tail;      // lane j: q^(W - j), the carry's multiplier
+  typename X::V g_minus_q; // TD(lambda): b = r + (g - q) nv when no step is done
+  Powers(S g, S l) {
+    const S q = g * l;
+    S p = q;
+    for (int k = 0; k < L; ++k, p *= p) level[k] = X::set1(p);
+    alignas(64) S t[X::W];
+    S acc = S(1);
+    for (int j = X::W - 1; j >= 0; --j) t[j] = acc *= q;
+    tail = X::load(t);
+    g_minus_q = X::set1(g - q);
+  }
+};
+
+template <typename S, int s = 1>
+inline void scan_powers(typename Simd<S>::V& b, const typename Simd<S>::V* level) {
+  using X = Simd<S>;
+  if constexpr (s < X::W) {
+    b = X::fmadd(*level, X::template shift_down<s>(b, X::set1(S(0))), b);
+    scan_powers<S, 2 * s>(b, level + 1);
+  }
+}
+
 // W steps at flat indices [i, i + W) of one row (time stride 1). x_{t+1} of the last of them,
 // the "carry", is read back from out0[i + W], written just before: a broadcast from memory
 // runs on a load port, a broadcast from a register on the shuffle port that the scan saturates.
 template <typename S, bool GAE, bool SG, bool SL>
-inline void vector_step(const Inputs<S>& in, int64_t i) {
+inline void vector_step(const Inputs<S>& in, int64_t i, const Powers<S>& pw) {
   using X = Simd<S>;
   using V = typename X::V;
   const V g = SG ? X::load(in.gamma + i) : X::set1(in.gamma_scalar);
   const V l = SL ? X::load(in.lmbda + i) : X::set1(in.lmbda_scalar);
   const V nv = X::maskz_load(X::clear(in.terminated + i), in.next_value + i);  // (1-term) V'
-  V c = X::maskz_mul(X::clear(in.done + i), g, l);                            // g l (1-done)
+  const typename X::K live = X::clear(in.done + i);
   const V reward = X::load(in.reward + i);
-  V b;
-  if (GAE) {
-    b = X::sub(X::fmadd(g, nv, reward), X::load(in.value + i));  // r + g nv - V
+  V b, c;
+  if (!SG && !SL && live == X::ALL) {  // no step done (most vectors): known multipliers
+    b = GAE ? X::sub(X::fmadd(g, nv, reward), X::load(in.value + i))
+            : X::fmadd(pw.g_minus_q, nv, reward);
+    scan_powers<S>(b, pw.level);
+    c = pw.tail;
   } else {
-    b = X::fnmadd(c, nv, X::fmadd(g, nv, reward));  // r + g nv - g l cont nv
+    c = X::maskz_mul(live, g, l);  // g l (1-done)
+    if (GAE) {
+      b = X::sub(X::fmadd(g, nv, reward), X::load(in.value + i));  // r + g nv - V
+    } else {
+      b = X::fnmadd(c, nv, X::fmadd(g, nv, reward));  // r + g nv - g l cont nv
+    }
+    scan<S>(b, c);
   }
-  scan<S>(b, c);
   const V x = X::fmadd(c, X::set1(in.out0[i + X::W]), b);
   X::store(in.out0 + i, x);
   if (GAE) X::store(in.out1 + i, X::add(x, X::load(in.value + i)));
@@ -262,25 +303,75 @@ struct Vec {
   }
 };
 
+// True when none of the W flags at ``p`` is set (bools are one byte, 0 or 1).
+template <int W>
+inline bool none_set(const bool* p) {
+  static_assert(W == 2 || W == 4 || W == 8 || W == 16, "vector widths of 2 to 16 lanes");
+  if constexpr (W == 16) {
+    uint64_t a, b;
+    std::memcpy(&a, p, 8);
+    std::memcpy(&b, p + 8, 8);
+    return (a | b) == 0;
+  } else {
+    using U = std::conditional_t<W == 8, uint64_t, std::conditional_t<W == 4, uint32_t, uint16_t>>;
+    U a;
+    std::memcpy(&a, p, sizeof a);
+    return a == 0;
+  }
+}
+
+// Scalar gamma and lambda, no step of a vector done: the scan's multipliers are powers of
+// q = g l (see the AVX-512 path's Powers).
+template <typename S>
+struct Powers {
+  using X = Vec<S>;
+  typename X::V level[4];   // level k: q^(2^k), for the log2(W) <= 4 levels
+  typename X::V tail;       // lane j: q^(W - j)
+  typename X::V g_minus_q;  // TD(lambda): b = r + (g - q) nv
+  Powers(S g, S l) {
+    const S q = g * l;
+    S p = q;
+    for (int k = 0; k < 4; ++k, p *= p) level[k] = X::splat(p);
+    S acc = S(1);
+    for (int j = X::W - 1; j >= 0; --j) tail[j] = acc *= q;
+    g_minus_q = X::splat(g - q);
+  }
+};
+
+template <typename S, int s = 1>
+inline void scan_powers(typename Vec<S>::V& b, const typename Vec<S>::V* level) {
+  using X = Vec<S>;
+  if constexpr (s < X::W) {
+    b += *level * X::template shift_down<s>(b, typename X::V{});
+    scan_powers<S, 2 * s>(b, level + 1);
+  }
+}
+
 // W steps at flat indices [i, i + W) of one row; the carry x_{t+1} is out0[i + W] (as above).
 template <typename S, bool GAE, bool SG, bool SL>
-inline void vector_step(const Inputs<S>& in, int64_t i) {
+inline void vector_step(const Inputs<S>& in, int64_t i, const Powers<S>& pw) {
   using X = Vec<S>;
   using V = typename X::V;
   const V one = X::splat(S(1));
   const V g = SG ? X::load(in.gamma + i) : X::splat(in.gamma_scalar);
   const V l = SL ? X::load(in.lmbda + i) : X::splat(in.lmbda_scalar);
   const V nv = X::load(in.next_value + i) * (one - X::flag(in.terminated + i));
-  const V cont = one - X::flag(in.done + i);
-  const V gl = g * l * cont;
-  V b;
-  if (GAE) {
-    b = X::load(in.reward + i) + g * nv - X::load(in.value + i);
+  V b, c;
+  if (!SG && !SL && none_set<X::W>(in.done + i)) {  // no step done: known multipliers
+    b = GAE ? X::load(in.reward + i) + g * nv - X::load(in.value + i)
+            : X::load(in.reward + i) + pw.g_minus_q * nv;
+    scan_powers<S>(b, pw.level);
+    c = pw.tail;
   } else {
-    b = X::load(in.reward + i) + g * nv * (one - l * cont);
+    const V cont = one - X::flag(in.done + i);
+    c = g * l * cont;
+    if (GAE) {
+      b = X::load(in.reward + i) + g * nv - X::load(in.value + i);
+    } else {
+      b = X::load(in.reward + i) + g * nv * (one - l * cont);
+    }
+    X::scan(b, c);
   }
-  V c = gl;
-  X::scan(b, c);
   const V x = b + c * in.out0[i + X::W];
   X::store(in.out0 + i, x);
   if (GAE) X::store(in.out1 + i, x + X::load(in.value + i));
@@ -324,6 +415,7 @@ void run_rows(const Inputs<S>& inputs, int64_t o0, int64_t o1) {
   const int64_t T = in.T;
 #if RLGAUGE_GAE_PATH > 0
   constexpr int64_t W = vector_width<S>();
+  const Powers<S> pw(in.gamma_scalar, in.lmbda_scalar);
   int64_t o = o0;
   // two rows at a time, their vectors interleaved: each vector waits for the carry of the
   // one after it (a store, a load and a multiply-add: about as long as its own work), and
@@ -335,18 +427,18 @@ void run_rows(const Inputs<S>& inputs, int64_t o0, int64_t o1) {
     scalar_steps<S, GAE, SG, SL>(in, b.end - 1, b.hi, b.end);
     int64_t ia = a.hi - W, ib = b.hi - W;
     for (; ia >= a.lo && ib >= b.lo; ia -= W, ib -= W) {
-      vector_step<S, GAE, SG, SL>(in, ia);
-      vector_step<S, GAE, SG, SL>(in, ib);
+      vector_step<S, GAE, SG, SL>(in, ia, pw);
+      vector_step<S, GAE, SG, SL>(in, ib, pw);
     }
-    for (; ia >= a.lo; ia -= W) vector_step<S, GAE, SG, SL>(in, ia);
-    for (; ib >= b.lo; ib -= W) vector_step<S, GAE, SG, SL>(in, ib);
+    for (; ia >= a.lo; ia -= W) vector_step<S, GAE, SG, SL>(in, ia, pw);
+    for (; ib >= b.lo; ib -= W) vector_step<S, GAE, SG, SL>(in, ib, pw);
     scalar_steps<S, GAE, SG, SL>(in, a.lo - 1, a.row, a.end);
     scalar_steps<S, GAE, SG, SL>(in, b.lo - 1, b.row, b.end);
   }
   for (; o < o1; ++o) {
     const RowSpan a = row_span(o, T, W);
     scalar_steps<S, GAE, SG, SL>(in, a.end - 1, a.hi, a.end);
-    for (int64_t i = a.hi - W; i >= a.lo; i -= W) vector_step<S, GAE, SG, SL>(in, i);
+    for (int64_t i = a.hi - W; i >= a.lo; i -= W) vector_step<S, GAE, SG, SL>(in, i, pw);
     scalar_steps<S, GAE, SG, SL>(in, a.lo - 1, a.row, a.end);
   }
 #else
