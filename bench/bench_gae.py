@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import RLBenchmark, emit
+from bench.common import RLBenchmark, SampleClock, calls_for, emit
 
 GAMMA, LMBDA = 0.99, 0.95
 DONE_RATE = 0.01
@@ -139,9 +139,11 @@ def _per_call_clock() -> float:
 
 
 def calls_per_sample(shape: str, impl: str = "rlgauge") -> int:
-    """Calls per timed sample: ~1M elements' worth for the fast cases, 1 for torchrl's."""
+    """Calls per timed sample: ~16M elements' worth for the fast cases (5-20 ms here; with
+    ~1M, 0.3-1 ms samples, the spread of one full run was 13-16% at 64x1000 on an idle
+    machine), at most 5000 calls; 1 for torchrl's."""
     B, T = _shape(shape)
-    return 1 if impl.startswith("torchrl") else max(1, 1_000_000 // (B * T))
+    return 1 if impl.startswith("torchrl") else max(1, min(5000, 16_000_000 // (B * T)))
 
 
 class _Estimator(RLBenchmark):
@@ -149,7 +151,7 @@ class _Estimator(RLBenchmark):
     param_names = (*RLBenchmark.param_names, "impl", "shape")
     params = (*RLBenchmark.params, IMPLS, SHAPES)
     number = 1  # 256x2048 vectorised takes ~0.5 s a call on one CPU thread
-    repeat = (3, 10, 1.0)  # >= 3 samples, then stop once 1 s is spent
+    repeat = (5, 15, 1.0)  # >= 5 samples, then stop once 1 s is spent
     warmup_time = 0.0  # setup warms up
     timeout = 120  # the first rlgauge setup may compile the native kernel (~40 s, then cached)
     timer = staticmethod(_per_call_clock)
@@ -200,7 +202,7 @@ class CopyFloor(RLBenchmark):
     param_names = (*RLBenchmark.param_names, "shape")
     params = (*RLBenchmark.params, SHAPES)
     number = 1
-    repeat = (3, 10, 0.5)
+    repeat = (5, 15, 0.5)
     warmup_time = 0.0
     timeout = 60
     timer = staticmethod(_per_call_clock)  # per copy; as many copies per sample as rlgauge calls
@@ -308,9 +310,12 @@ class PPOAdvantage(RLBenchmark):
     param_names = (*RLBenchmark.param_names, "estimator", "shape")
     params = (*RLBenchmark.params, ["torchrl", "rlgauge"], PPO_SHAPES)
     number = 1
-    repeat = (3, 20, 1.0)
+    repeat = (5, 20, 1.0)
     warmup_time = 0.0
     timeout = 120
+    # ~50 ms samples of several steps (SampleClock: asv records seconds per step); one-step
+    # samples of 1-15 ms had a 13-35% spread in one full run on an idle machine
+    timer = SampleClock()
 
     def setup(self, device, estimator, shape):
         import torch
@@ -321,12 +326,18 @@ class PPOAdvantage(RLBenchmark):
         self.estimator, self.batch = make_ppo_advantage(estimator, shape, self.device)
         self.no_grad = torch.no_grad
         self.sync = synchronize
-        self.time_advantage(device, estimator, shape)  # warm-up
+
+        def step():
+            with self.no_grad():
+                self.estimator(self.batch)
+            self.sync(self.device)
+
+        self.step = step
+        self.calls = self.timer.units = calls_for(step, sample_s=0.05)  # warms up too
 
     def time_advantage(self, device, estimator, shape):
-        with self.no_grad():
-            self.estimator(self.batch)
-        self.sync(self.device)
+        for _ in range(self.calls):
+            self.step()
 
 
 # --------------------------------------------------------------------------- one-process table

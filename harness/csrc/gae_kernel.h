@@ -27,13 +27,16 @@
 //
 // Three code paths (RLGAUGE_GAE_PATH below), all built for the building machine (-march=native;
 // gae_native.py caches the build per CPU). Measured with gae_bench.cpp (its header has the
-// command), float32 GAE at 64x1000 / 256x2048, ns per element and x a same-traffic memcpy, on a
-// 2-core AVX-512 Xeon VM shared with other jobs:
-//   2  AVX-512 intrinsics (flags as mask registers):  0.44 (1.5x) / 0.94 (1.2x)
-//   1  GCC vector extensions, 256-bit:                0.48 (1.7x) / 0.85 (1.0x)
-//   0  scalar:                                        2.28 (7.4x) / 2.57 (2.6x)
+// command), float32 at 64x1000 / 256x2048, ns per element and x a same-traffic memcpy, on the
+// 2-core AVX-512 Xeon VM, idle (load < 1), 2026-11-21:
+//   2  AVX-512 intrinsics (flags as mask registers):  GAE 0.32 (1.16x) / 0.82 (1.05x),
+//                                                      TD(lambda) 0.22 (1.32x) / 0.49 (0.99x)
+//   1  GCC vector extensions, 256-bit:                GAE 0.59 (2.2x) / 0.93 (1.2x)
+//   0  scalar:                                        GAE 1.69 (6.1x) / 1.79 (2.3x)
 // (256x2048 is ~11 MB, beyond L2: both kernel and copy wait on L3 there; at 64x1000 both run
-// from L2, where the vector paths are bound by shuffles, not bytes.)
+// from L2.) Two things brought path 2 there at 64x1000: the scan's known multipliers in vectors
+// with no episode end (``Powers``: half the shuffles; TD(lambda) 20.7 -> 14.9 us a call) and
+// prefetching the output lines for writing (``prefetch_for_write``; GAE 28.2 -> 20.9 us).
 
 #pragma once
 
@@ -76,6 +79,30 @@ struct Inputs {
   S* out1;              // GAE: value target; TD(lambda): unused
   int64_t T;
 };
+
+// The vector loops run backwards through memory, which the L1 streaming prefetcher does not
+// follow, and every output line they start is first read for ownership: measured at 64x1000
+// float32 GAE (data in L2), each vector then waited on its two output lines (26.4 us a call).
+// Prefetching the output lines for writing (PREFETCHW where the CPU has it) this many bytes
+// ahead hides that: 19.0 us, the same-traffic copy 19.6 us. Input prefetches made no
+// difference; TD(lambda) neither gains nor loses. A prefetch never faults, so the address may
+// lie before the tensor (integer arithmetic: no out-of-range pointer is formed).
+constexpr int64_t kPrefetchBytes = 256;
+
+// The type ``Powers`` computes its constants in: double for float, long double for double.
+template <typename S>
+using Wide = std::conditional_t<std::is_same_v<S, float>, double, long double>;
+
+template <typename S>
+inline void prefetch_for_write(const S* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) -
+                                                   static_cast<uintptr_t>(kPrefetchBytes)),
+                     1, 3);
+#else
+  (void)p;
+#endif
+}
 
 // One scalar step at flat index ``i`` (time t); ``x`` holds x_{t+1} and receives x_t.
 template <typename S, bool GAE, bool SG, bool SL>
@@ -180,15 +207,15 @@ struct Powers {
   typename X::V level[L];  // level k: q^(2^k) in every lane
   typename X::V tail;      // lane j: q^(W - j), the carry's multiplier
   typename X::V g_minus_q; // TD(lambda): b = r + (g - q) nv when no step is done
-  Powers(S g, S l) {
-    const S q = g * l;
-    S p = q;
-    for (int k = 0; k < L; ++k, p *= p) level[k] = X::set1(p);
+  Powers(S g, S l) {  // in a wider type, each rounded once: g - q cancels, q^16 compounds
+    const Wide<S> q = Wide<S>(g) * Wide<S>(l);
+    Wide<S> p = q;
+    for (int k = 0; k < L; ++k, p *= p) level[k] = X::set1(S(p));
     alignas(64) S t[X::W];
-    S acc = S(1);
-    for (int j = X::W - 1; j >= 0; --j) t[j] = acc *= q;
+    Wide<S> acc = 1;
+    for (int j = X::W - 1; j >= 0; --j) t[j] = S(acc *= q);
     tail = X::load(t);
-    g_minus_q = X::set1(g - q);
+    g_minus_q = X::set1(S(Wide<S>(g) - q));
   }
 };
 
@@ -208,6 +235,8 @@ template <typename S, bool GAE, bool SG, bool SL>
 inline void vector_step(const Inputs<S>& in, int64_t i, const Powers<S>& pw) {
   using X = Simd<S>;
   using V = typename X::V;
+  prefetch_for_write(in.out0 + i);
+  if (GAE) prefetch_for_write(in.out1 + i);
   const V g = SG ? X::load(in.gamma + i) : X::set1(in.gamma_scalar);
   const V l = SL ? X::load(in.lmbda + i) : X::set1(in.lmbda_scalar);
   const V nv = X::maskz_load(X::clear(in.terminated + i), in.next_value + i);  // (1-term) V'
@@ -328,13 +357,13 @@ struct Powers {
   typename X::V level[4];   // level k: q^(2^k), for the log2(W) <= 4 levels
   typename X::V tail;       // lane j: q^(W - j)
   typename X::V g_minus_q;  // TD(lambda): b = r + (g - q) nv
-  Powers(S g, S l) {
-    const S q = g * l;
-    S p = q;
-    for (int k = 0; k < 4; ++k, p *= p) level[k] = X::splat(p);
-    S acc = S(1);
-    for (int j = X::W - 1; j >= 0; --j) tail[j] = acc *= q;
-    g_minus_q = X::splat(g - q);
+  Powers(S g, S l) {  // in a wider type (see the AVX-512 path)
+    const Wide<S> q = Wide<S>(g) * Wide<S>(l);
+    Wide<S> p = q;
+    for (int k = 0; k < 4; ++k, p *= p) level[k] = X::splat(S(p));
+    Wide<S> acc = 1;
+    for (int j = X::W - 1; j >= 0; --j) tail[j] = S(acc *= q);
+    g_minus_q = X::splat(S(Wide<S>(g) - q));
   }
 };
 
@@ -352,6 +381,8 @@ template <typename S, bool GAE, bool SG, bool SL>
 inline void vector_step(const Inputs<S>& in, int64_t i, const Powers<S>& pw) {
   using X = Vec<S>;
   using V = typename X::V;
+  prefetch_for_write(in.out0 + i);
+  if (GAE) prefetch_for_write(in.out1 + i);
   const V one = X::splat(S(1));
   const V g = SG ? X::load(in.gamma + i) : X::splat(in.gamma_scalar);
   const V l = SL ? X::load(in.lmbda + i) : X::splat(in.lmbda_scalar);
