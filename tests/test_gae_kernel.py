@@ -12,6 +12,7 @@ AVX-512) built standalone; autograd; the build cache and the fallback when the b
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -208,16 +209,22 @@ def driver_source(tmp_path_factory):
 
 
 @pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler")
-@pytest.mark.parametrize("path", [0, 1, 2], ids=["scalar", "gcc-vectors", "avx512"])
-def test_kernel_code_path_matches_plain_recurrence(path, driver_source):
+@pytest.mark.parametrize(("path", "march"), [(0, "native"), (1, "native"), (1, "x86-64"),
+                                            (2, "native")],
+                         ids=["scalar", "gcc-vectors", "gcc-vectors-sse2", "avx512"])
+def test_kernel_code_path_matches_plain_recurrence(path, march, driver_source):
+    """Each path against the plain recurrence in double; "sse2" builds the GCC-vector path for
+    baseline x86-64 (128-bit vectors: 4 floats, 2 doubles), the other widths of its scans."""
+    if march != "native" and platform.machine() not in {"x86_64", "AMD64"}:
+        pytest.skip("the sse2 variant targets x86-64")
     if path == 2 and not _cpu_has_avx512():
         pytest.skip("this CPU has no AVX-512 (F, BW, VL)")
     cxx = os.environ.get("CXX", "c++")
     if path == 1 and "clang" in subprocess.run([cxx, "--version"], capture_output=True,
                                                text=True).stdout:
         pytest.skip("the GCC vector path needs g++ (__builtin_shuffle)")
-    exe = driver_source / f"driver{path}"
-    subprocess.run([cxx, "-std=c++17", "-O2", "-march=native", f"-DRLGAUGE_GAE_PATH={path}",
+    exe = driver_source / f"driver{path}-{march}"
+    subprocess.run([cxx, "-std=c++17", "-O2", f"-march={march}", f"-DRLGAUGE_GAE_PATH={path}",
                     f"-I{gae_native.CSRC}", str(driver_source / "driver.cpp"), "-o", str(exe)],
                    check=True, capture_output=True, timeout=300)
     got_path, err32, err64 = subprocess.run([str(exe)], capture_output=True, text=True,

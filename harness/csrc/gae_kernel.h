@@ -89,7 +89,7 @@ struct Inputs {
 // lie before the tensor (integer arithmetic: no out-of-range pointer is formed).
 constexpr int64_t kPrefetchBytes = 256;
 
-// The type ``Powers`` computes its constants in: double for float, long double for double.
+// The type ``PowersOf`` computes its constants in: double for float, long double for double.
 template <typename S>
 using Wide = std::conditional_t<std::is_same_v<S, float>, double, long double>;
 
@@ -122,6 +122,29 @@ inline void scalar_step(const Inputs<S>& in, int64_t i, bool last, S& x) {
     in.out0[i] = x;
   }
 }
+
+// Scalar gamma and lambda: in a vector where no step is done, c_t = q = g l in every lane, so
+// the scan's multipliers are powers of q, the same for every such vector (computed once per
+// call): the scan then shuffles b only, half the shuffles of the general one (``scan_powers``
+// in each vector path). ``X`` is a path's vector type (W lanes; set1, load). The constants are
+// computed in a wider type and rounded once: in S, g - q cancels and q^16 compounds.
+template <typename X, typename S>
+struct PowersOf {
+  static constexpr int L = X::W >= 16 ? 4 : X::W >= 8 ? 3 : X::W >= 4 ? 2 : 1;  // log2(W)
+  typename X::V level[L];   // level k: q^(2^k) in every lane
+  typename X::V tail;       // lane j: q^(W - j), the carry's multiplier
+  typename X::V g_minus_q;  // TD(lambda): b = r + (g - q) nv when no step is done
+  PowersOf(S g, S l) {
+    const Wide<S> q = Wide<S>(g) * Wide<S>(l);
+    Wide<S> p = q;
+    for (int k = 0; k < L; ++k, p *= p) level[k] = X::set1(S(p));
+    alignas(64) S t[X::W];
+    Wide<S> acc = 1;
+    for (int j = X::W - 1; j >= 0; --j) t[j] = S(acc *= q);
+    tail = X::load(t);
+    g_minus_q = X::set1(S(Wide<S>(g) - q));
+  }
+};
 
 #if RLGAUGE_GAE_PATH == 2
 
@@ -197,27 +220,8 @@ inline void scan(typename Simd<S>::V& b, typename Simd<S>::V& c) {
   }
 }
 
-// Scalar gamma and lambda: in a vector where no step is done, c_t = q = g l in every lane, so
-// the scan's multipliers are powers of q, the same for every such vector (computed once per
-// call, ``Powers``): the scan then shuffles b only, half the shuffles of the general one.
 template <typename S>
-struct Powers {
-  using X = Simd<S>;
-  static constexpr int L = X::W == 16 ? 4 : 3;  // log2(W) scan levels
-  typename X::V level[L];  // level k: q^(2^k) in every lane
-  typename X::V tail;      // lane j: q^(W - j), the carry's multiplier
-  typename X::V g_minus_q; // TD(lambda): b = r + (g - q) nv when no step is done
-  Powers(S g, S l) {  // in a wider type, each rounded once: g - q cancels, q^16 compounds
-    const Wide<S> q = Wide<S>(g) * Wide<S>(l);
-    Wide<S> p = q;
-    for (int k = 0; k < L; ++k, p *= p) level[k] = X::set1(S(p));
-    alignas(64) S t[X::W];
-    Wide<S> acc = 1;
-    for (int j = X::W - 1; j >= 0; --j) t[j] = S(acc *= q);
-    tail = X::load(t);
-    g_minus_q = X::set1(S(Wide<S>(g) - q));
-  }
-};
+using Powers = PowersOf<Simd<S>, S>;
 
 template <typename S, int s = 1>
 inline void scan_powers(typename Simd<S>::V& b, const typename Simd<S>::V* level) {
@@ -311,6 +315,7 @@ struct Vec {
     return x;
   }
   static inline V splat(S s) { return V{} + s; }
+  static inline V set1(S s) { return splat(s); }
 
   // lane j <- x[j + s], and ``fill`` past the last lane
   template <int s>
@@ -349,23 +354,8 @@ inline bool none_set(const bool* p) {
   }
 }
 
-// Scalar gamma and lambda, no step of a vector done: the scan's multipliers are powers of
-// q = g l (see the AVX-512 path's Powers).
 template <typename S>
-struct Powers {
-  using X = Vec<S>;
-  typename X::V level[4];   // level k: q^(2^k), for the log2(W) <= 4 levels
-  typename X::V tail;       // lane j: q^(W - j)
-  typename X::V g_minus_q;  // TD(lambda): b = r + (g - q) nv
-  Powers(S g, S l) {  // in a wider type (see the AVX-512 path)
-    const Wide<S> q = Wide<S>(g) * Wide<S>(l);
-    Wide<S> p = q;
-    for (int k = 0; k < 4; ++k, p *= p) level[k] = X::splat(S(p));
-    Wide<S> acc = 1;
-    for (int j = X::W - 1; j >= 0; --j) tail[j] = S(acc *= q);
-    g_minus_q = X::splat(S(Wide<S>(g) - q));
-  }
-};
+using Powers = PowersOf<Vec<S>, S>;
 
 template <typename S, int s = 1>
 inline void scan_powers(typename Vec<S>::V& b, const typename Vec<S>::V* level) {
