@@ -133,8 +133,8 @@ def met(rows: pd.DataFrame) -> bool:
 
 
 def table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per (algorithm, task): budget, threshold, per-seed and median return (a
-    recipe's: its criterion's value), verdict."""
+    """One line per (algorithm, task): budget, threshold, the criterion, per-seed and median
+    value (``final_return``; a recipe's: its criterion's metric), verdict, wall time."""
     out = []
     for (algo, backend, task), g in rows.groupby(["algorithm", "backend", "task"], sort=False):
         recipe = "metric" in g and isinstance(g["metric"].iloc[0], str)
@@ -145,7 +145,7 @@ def table(rows: pd.DataFrame) -> pd.DataFrame:
             "algorithm": algo, "task": f"{backend}/{task}", "frames": int(g["frames"].iloc[0]),
             "threshold": threshold, "source": g["source"].iloc[0],
             "criterion": g["criterion"].iloc[0] if recipe else f"final_return >= {threshold:g}",
-            "returns (per seed)": ", ".join(f"{r:.1f}" for r in returns),
+            "per seed": ", ".join(f"{r:.1f}" for r in returns),
             "median": round(median, 1), "met": "yes" if met(g) else "NO",
             "wall s (per seed, median)": round(statistics.median(g["wall_time_s"]), 1),
         })
@@ -165,12 +165,16 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, machine: str) -> Path:
     summary.insert(len(summary.columns), "date", datetime.date.today().isoformat())
     previous = out_dir / f"learning-{machine}.csv"
     if previous.exists():
-        old = pd.read_csv(previous)
+        old = pd.read_csv(previous).rename(columns={"returns (per seed)": "per seed"})
         if "date" not in old:
             old["date"] = ""
+        if "criterion" not in old:  # tables written before recipes had a criterion column
+            old["criterion"] = None
+        old["criterion"] = old["criterion"].where(
+            old["criterion"].notna(), "final_return >= " + old["threshold"].map("{:g}".format))
         keep = ~old.set_index(["algorithm", "task"]).index.isin(
             summary.set_index(["algorithm", "task"]).index)
-        summary = pd.concat([old[keep], summary], ignore_index=True)
+        summary = pd.concat([old[keep], summary], ignore_index=True)[list(summary.columns)]
     md = out_dir / f"learning-{machine}.md"
     results.atomic_write_text(md, "# Published-threshold learning results\n\n"
                               + summary.to_markdown(index=False) + "\n")

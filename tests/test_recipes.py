@@ -329,3 +329,28 @@ def test_learning_lists_every_recipe_with_its_criterion():
     assert table["criterion"].iloc[0] == "max_step_count > 200"
     assert table["median"].iloc[0] == 201.0 and table["met"].iloc[0] == "yes"
     assert not learning.met(rows.assign(value=[500.0, 200.0, 200.0]))  # strict: 200 fails
+
+
+def test_learning_table_accumulates_and_migrates_old_tables(tmp_path):
+    """write_table keeps the previous table's other rows, with their dates; rows of a table
+    written before the criterion column get ``final_return >= threshold``, and the old
+    "returns (per seed)" column is read as "per seed"."""
+    old = pd.DataFrame([{"algorithm": "ppo", "task": "gymnasium/cartpole", "frames": 100_000,
+                         "threshold": 475.0, "source": "RL Zoo",
+                         "returns (per seed)": "500.0, 500.0, 500.0", "median": 500.0,
+                         "met": "yes", "wall s (per seed, median)": 151.8,
+                         "date": "2026-11-20"}])
+    old.to_csv(tmp_path / "learning-m.csv", index=False)
+    rows = pd.DataFrame([{"algorithm": "tutorial-dqn", "backend": "gymnasium",
+                          "task": "cartpole", "frames": 50_000, "threshold": 200.0,
+                          "source": "t", "seed": s, "metric": "max_step_count", "value": v,
+                          "criterion": "max_step_count > 200", "strict": True,
+                          "final_return": math.nan, "wall_time_s": 1.0}
+                         for s, v in enumerate((500.0, 240.0, 500.0))])
+    learning.write_table(rows, tmp_path, "m")
+    table = pd.read_csv(tmp_path / "learning-m.csv")
+    assert list(table["algorithm"]) == ["ppo", "tutorial-dqn"]
+    assert list(table["criterion"]) == ["final_return >= 475", "max_step_count > 200"]
+    assert list(table["per seed"]) == ["500.0, 500.0, 500.0", "500.0, 240.0, 500.0"]
+    assert table["date"].iloc[0] == "2026-11-20"
+    assert "nan" not in (tmp_path / "learning-m.md").read_text()
