@@ -47,6 +47,13 @@ resampled 10-round gate runs of the 5 default cases: A/A runs with any false ala
 (4%: 2.1%, 3%: 4.8%); 6 rounds would alarm in 1.8% of A/A runs and catch 86% of 10%
 slowdowns, 15 rounds 0.2% and 100%.
 
+Idle VM (load 1.0-2.0, ours included), ``nox -s gate_validity -- validity --blocks 12`` ->
+results/gate/validity-vm-idle.md (26 min, 120 rounds): the same defaults alarm in **0/12**
+independent A/A runs (0.85% of resampled runs) and catch **57/60** 10% slowdowns (97.5%),
+5%: 78.5%, 20%: 100%. The same data showed why ``choose_defaults`` counts the block trials'
+false alarms too: calibrated q10 at 2% looked best on the resampled trials (0.9% A/A runs
+alarmed) but alarmed in 3 of the 12 blocks.
+
 ``nox -s gate_validity -- noise`` -> results/gate/noise-vm.md (4 min, load 2-4; in brackets
 an earlier run at load 6-7 that also had Extend.time_extend): SD of the A/A log ratio per
 round pair, median over the cases, with one control removed at a time --
@@ -1296,23 +1303,39 @@ def validity_rates(run_: Run, *, block: int, sizes: Sequence[float], methods=MET
     return out
 
 
+def chosen_false_alarms(rates: dict, key: tuple) -> float:
+    """The suite-wide A/A false-alarm rate that ``choose_defaults`` holds ``key`` (method,
+    confidence, threshold) to: the resampled trials' rate, or the block trials' where higher.
+    Resampling assumes the rounds are exchangeable; fresh workers per block can make them not:
+    on the idle VM (results/gate/validity-vm-idle.md) calibrated q10 at a 2% threshold alarmed
+    in 0.9% of resampled trials but in 3 of 12 independent blocks."""
+    res = rates["resampled", *key].fa_suite
+    blocks = rates.get(("blocks", *key))
+    if blocks is None or not blocks.trials:
+        return res
+    return max(res, blocks.fa_suite)
+
+
 def choose_defaults(rates: dict, sizes: Sequence[float]) -> tuple[tuple, bool]:
-    """The (method, confidence, threshold) to ship, from the resampled trials, and whether it
-    meets both goals. Among those meeting them: the best detection of the smallest slowdown,
-    then the fewest false alarms, then the largest threshold. Otherwise: the best 10%
-    detection with suite-wide false alarms within the goal, else the fewest false alarms."""
+    """The (method, confidence, threshold) to ship, and whether it meets both goals.
+    Detection is read from the resampled trials, false alarms from ``chosen_false_alarms``
+    (resampled, or the independent blocks where those alarmed more). Among the candidates
+    meeting both goals: the best detection of the smallest slowdown, then the fewest false
+    alarms, then the largest threshold. Otherwise: the best 10% detection with suite-wide
+    false alarms within the goal, else the fewest false alarms."""
     res = {k[1:]: v for k, v in rates.items() if k[0] == "resampled"}
+    fa = {k: chosen_false_alarms(rates, k) for k in res}
     ten = 0.10 if 0.10 in sizes else sorted(sizes)[len(sizes) // 2]
     smallest = min(sizes)
     meets = [k for k, r in res.items()
-             if r.fa_suite <= GOAL_FALSE_ALARMS and r.detection(ten) >= GOAL_DETECTION]
+             if fa[k] <= GOAL_FALSE_ALARMS and r.detection(ten) >= GOAL_DETECTION]
     if meets:
-        return max(meets, key=lambda k: (round(res[k].detection(smallest), 3),
-                                         -res[k].fa_suite, k[2])), True
-    ok_fa = [k for k, r in res.items() if r.fa_suite <= GOAL_FALSE_ALARMS]
+        return max(meets, key=lambda k: (round(res[k].detection(smallest), 3), -fa[k],
+                                         k[2])), True
+    ok_fa = [k for k in res if fa[k] <= GOAL_FALSE_ALARMS]
     if ok_fa:
         return max(ok_fa, key=lambda k: (res[k].detection(ten), k[2])), False
-    return min(res, key=lambda k: (res[k].fa_suite, -res[k].detection(ten))), False
+    return min(res, key=lambda k: (fa[k], -res[k].detection(ten))), False
 
 
 def _pct(x: float) -> str:
@@ -1392,7 +1415,9 @@ def validity_report(run_: Run, *, block: int, sizes: Sequence[float] = VALIDITY_
          f"threshold: **{thr:.1%}**; {block} rounds",
          f"- goals (suite-wide A/A false alarms ≤ {GOAL_FALSE_ALARMS:.0%} of gate runs, 10% "
          f"slowdown detected in ≥ {GOAL_DETECTION:.0%} of trials): "
-         f"**{'met' if met else 'NOT met'}** on the resampled trials", "",
+         f"**{'met' if met else 'NOT met'}** (detection on the resampled trials; false alarms "
+         f"on the resampled trials and on the block trials, whichever is higher: resampling "
+         f"hides block-to-block effects)", "",
          "| | block trials | 95% (Wilson) | resampled trials |", "|---|---:|---|---:|",
          f"| A/A false alarms per benchmark and run | "
          f"{_kn([blocks_r.aa_alarms, blocks_r.aa_cells])} "
@@ -1443,15 +1468,17 @@ def validity_report(run_: Run, *, block: int, sizes: Sequence[float] = VALIDITY_
           "selection rule picks)", "",
           "Round value = clock (process CPU time or wall time) / statistic of the round's "
           "samples / divided by the same-round calibration workload or not.", "",
-          "| method | confidence | threshold | A/A runs with an alarm | "
-          + " | ".join(f"+{s:.0%} detected" for s in sizes) + " |",
-          "|---|---:|---:|---:|" + "---:|" * len(sizes)]
+          "| method | confidence | threshold | A/A runs with an alarm (resampled) | "
+          "(blocks) | " + " | ".join(f"+{s:.0%} detected" for s in sizes) + " |",
+          "|---|---:|---:|---:|---:|" + "---:|" * len(sizes)]
     for m in METHODS:
         for c in CONFIDENCES:
             sub = {k: v for k, v in rates.items() if k[1] == m and k[2] == c}
             (mm, cc, tt), _ok = choose_defaults(sub, sizes)
             r = rates["resampled", mm, cc, tt]
+            b = rates["blocks", mm, cc, tt]
             L.append(f"| {m} | {c:.0%} | {tt:.1%} | {_pct(r.fa_suite)} | "
+                     f"{b.aa_runs_alarmed}/{b.trials} | "
                      + " | ".join(_pct(r.detection(s)) for s in sizes) + " |")
     L += ["", "## Spread of the A/A round-pair log ratio by method (SD over rounds)", "",
           "| benchmark | params | " + " | ".join(str(m) for m in METHODS) + " |",

@@ -348,3 +348,23 @@ def test_slowed_down_adds_the_asked_fraction_of_cpu_work():
     ratio = sorted(wrapped)[3] / sorted(plain)[3]
     assert 1.25 < ratio < 1.9  # 1.5 expected: half the call's own CPU time added
     assert len(slowed.iterations) == 7 and min(slowed.iterations) > 0
+
+
+def test_choose_defaults_holds_candidates_to_the_block_trials_false_alarms():
+    """A setting whose resampled trials look clean but whose independent blocks alarmed is not
+    chosen (resampling assumes exchangeable rounds; fresh workers per block break that)."""
+    def rates(trials, runs_alarmed, detected):
+        return gate.Rates(trials=trials, aa_runs_alarmed=runs_alarmed,
+                          detected={0.05: [detected[0], 100], 0.10: [detected[1], 100]})
+
+    sharp, plain = ("cal", 0.95, 0.02), ("raw", 0.95, 0.05)
+    table = {("resampled", *sharp): rates(2000, 18, (88, 97)),   # 0.9%: looks fine
+             ("blocks", *sharp): rates(12, 3, (80, 95)),          # but 3 of 12 runs alarmed
+             ("resampled", *plain): rates(2000, 18, (78, 97)),
+             ("blocks", *plain): rates(12, 0, (70, 95))}
+    assert gate.chosen_false_alarms(table, sharp) == pytest.approx(0.25)
+    assert gate.chosen_false_alarms(table, plain) == pytest.approx(0.009)
+    assert gate.choose_defaults(table, (0.05, 0.10)) == (plain, True)
+    # without block trials the resampled rate decides, and the sharper setting wins
+    resampled_only = {k: v for k, v in table.items() if k[0] == "resampled"}
+    assert gate.choose_defaults(resampled_only, (0.05, 0.10)) == (sharp, True)
