@@ -314,17 +314,22 @@ def test_matrix_unknown_recipe_is_bad_input():
         matrix.expand(matrix.Grid(algorithms=(), backends=(), recipes=("nope",)))
 
 
+def _dqn_recipe_rows(values) -> pd.DataFrame:
+    """learning.run_recipe's rows for tutorial-dqn, one seed per value of max_step_count."""
+    return pd.DataFrame([{"algorithm": "tutorial-dqn", "backend": "gymnasium",
+                          "task": "cartpole", "frames": 50_000, "threshold": 200.0,
+                          "source": "t", "seed": s, "metric": "max_step_count", "value": v,
+                          "criterion": "max_step_count > 200", "strict": True,
+                          "final_return": math.nan, "wall_time_s": 1.0}
+                         for s, v in enumerate(values)])
+
+
 def test_learning_lists_every_recipe_with_its_criterion():
     targets = dict(learning.recipe_targets())
     assert set(targets) == set(NAMES)
     assert targets["tutorial-ppo"].frames == 1_000_000
     assert targets["tutorial-ppo"].threshold == 1000.0
-    rows = pd.DataFrame([{"algorithm": "tutorial-dqn", "backend": "gymnasium",
-                          "task": "cartpole", "frames": 50_000, "threshold": 200.0,
-                          "source": "t", "seed": s, "metric": "max_step_count", "value": v,
-                          "criterion": "max_step_count > 200", "strict": True,
-                          "final_return": math.nan, "wall_time_s": 1.0}
-                         for s, v in enumerate((500.0, 200.0, 201.0))])
+    rows = _dqn_recipe_rows((500.0, 200.0, 201.0))
     table = learning.table(rows)
     assert table["criterion"].iloc[0] == "max_step_count > 200"
     assert table["median"].iloc[0] == 201.0 and table["met"].iloc[0] == "yes"
@@ -341,12 +346,7 @@ def test_learning_table_accumulates_and_migrates_old_tables(tmp_path):
                          "met": "yes", "wall s (per seed, median)": 151.8,
                          "date": "2026-11-20"}])
     old.to_csv(tmp_path / "learning-m.csv", index=False)
-    rows = pd.DataFrame([{"algorithm": "tutorial-dqn", "backend": "gymnasium",
-                          "task": "cartpole", "frames": 50_000, "threshold": 200.0,
-                          "source": "t", "seed": s, "metric": "max_step_count", "value": v,
-                          "criterion": "max_step_count > 200", "strict": True,
-                          "final_return": math.nan, "wall_time_s": 1.0}
-                         for s, v in enumerate((500.0, 240.0, 500.0))])
+    rows = _dqn_recipe_rows((500.0, 240.0, 500.0))
     learning.write_table(rows, tmp_path, "m")
     table = pd.read_csv(tmp_path / "learning-m.csv")
     assert list(table["algorithm"]) == ["ppo", "tutorial-dqn"]

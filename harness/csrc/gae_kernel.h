@@ -126,7 +126,7 @@ inline void scalar_step(const Inputs<S>& in, int64_t i, bool last, S& x) {
 // Scalar gamma and lambda: in a vector where no step is done, c_t = q = g l in every lane, so
 // the scan's multipliers are powers of q, the same for every such vector (computed once per
 // call): the scan then shuffles b only, half the shuffles of the general one (``scan_powers``
-// in each vector path). ``X`` is a path's vector type (W lanes; set1, load). The constants are
+// below). ``X`` is a path's vector type (W lanes; set1, load). The constants are
 // computed in a wider type and rounded once: in S, g - q cancels and q^16 compounds.
 template <typename X, typename S>
 struct PowersOf {
@@ -145,6 +145,16 @@ struct PowersOf {
     g_minus_q = X::set1(S(Wide<S>(g) - q));
   }
 };
+
+// The reverse scan of b alone with the known multipliers of ``PowersOf`` (X: a vector path's
+// type with fmadd, set1 and shift_down): afterwards b[j] = x_j given x_W = 0.
+template <typename X, typename S, int s = 1>
+inline void scan_powers(typename X::V& b, const typename X::V* level) {
+  if constexpr (s < X::W) {
+    b = X::fmadd(*level, X::template shift_down<s>(b, X::set1(S(0))), b);
+    scan_powers<X, S, 2 * s>(b, level + 1);
+  }
+}
 
 #if RLGAUGE_GAE_PATH == 2
 
@@ -223,15 +233,6 @@ inline void scan(typename Simd<S>::V& b, typename Simd<S>::V& c) {
 template <typename S>
 using Powers = PowersOf<Simd<S>, S>;
 
-template <typename S, int s = 1>
-inline void scan_powers(typename Simd<S>::V& b, const typename Simd<S>::V* level) {
-  using X = Simd<S>;
-  if constexpr (s < X::W) {
-    b = X::fmadd(*level, X::template shift_down<s>(b, X::set1(S(0))), b);
-    scan_powers<S, 2 * s>(b, level + 1);
-  }
-}
-
 // W steps at flat indices [i, i + W) of one row (time stride 1). x_{t+1} of the last of them,
 // the "carry", is read back from out0[i + W], written just before: a broadcast from memory
 // runs on a load port, a broadcast from a register on the shuffle port that the scan saturates.
@@ -250,7 +251,7 @@ inline void vector_step(const Inputs<S>& in, int64_t i, const Powers<S>& pw) {
   if (!SG && !SL && live == X::ALL) {  // no step done (most vectors): known multipliers
     b = GAE ? X::sub(X::fmadd(g, nv, reward), X::load(in.value + i))
             : X::fmadd(pw.g_minus_q, nv, reward);
-    scan_powers<S>(b, pw.level);
+    scan_powers<X, S>(b, pw.level);
     c = pw.tail;
   } else {
     c = X::maskz_mul(live, g, l);  // g l (1-done)
@@ -316,6 +317,7 @@ struct Vec {
   }
   static inline V splat(S s) { return V{} + s; }
   static inline V set1(S s) { return splat(s); }
+  static inline V fmadd(V a, V b, V c) { return a * b + c; }
 
   // lane j <- x[j + s], and ``fill`` past the last lane
   template <int s>
@@ -357,15 +359,6 @@ inline bool none_set(const bool* p) {
 template <typename S>
 using Powers = PowersOf<Vec<S>, S>;
 
-template <typename S, int s = 1>
-inline void scan_powers(typename Vec<S>::V& b, const typename Vec<S>::V* level) {
-  using X = Vec<S>;
-  if constexpr (s < X::W) {
-    b += *level * X::template shift_down<s>(b, typename X::V{});
-    scan_powers<S, 2 * s>(b, level + 1);
-  }
-}
-
 // W steps at flat indices [i, i + W) of one row; the carry x_{t+1} is out0[i + W] (as above).
 template <typename S, bool GAE, bool SG, bool SL>
 inline void vector_step(const Inputs<S>& in, int64_t i, const Powers<S>& pw) {
@@ -381,7 +374,7 @@ inline void vector_step(const Inputs<S>& in, int64_t i, const Powers<S>& pw) {
   if (!SG && !SL && none_set<X::W>(in.done + i)) {  // no step done: known multipliers
     b = GAE ? X::load(in.reward + i) + g * nv - X::load(in.value + i)
             : X::load(in.reward + i) + pw.g_minus_q * nv;
-    scan_powers<S>(b, pw.level);
+    scan_powers<X, S>(b, pw.level);
     c = pw.tail;
   } else {
     const V cont = one - X::flag(in.done + i);
