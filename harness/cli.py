@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    doctor      versions, torchrl extension, MuJoCo, envpool, GPUs: paste into bug reports
+    doctor      versions, torchrl extension, MuJoCo, envpool, pixels, GPUs: for bug reports
     list        registered algorithms, recipes, backends (with their tasks) and devices here
     table DIR   a results directory (or file) as tables: markdown, csv or html (and with
                 --report-dir, every format plus plots)

@@ -153,6 +153,22 @@ def _envpool() -> str:
     return f"{_version('envpool')} (CartPole-v1 x2 steps)"
 
 
+def _pixels() -> str:
+    """What the pixel recipe (tutorial-recurrent-dqn) needs: CartPole rendered off-screen by
+    pygame, headless (SDL_VIDEODRIVER=dummy, as reference_impls/recurrent_dqn.py sets it)."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1", render_mode="rgb_array")
+    try:
+        env.reset(seed=0)
+        frame = env.render()
+    finally:
+        env.close()
+    return (f"pygame {_version('pygame')}: CartPole rendered {frame.shape[1]}x{frame.shape[0]} "
+            f"off-screen (SDL_VIDEODRIVER={os.environ['SDL_VIDEODRIVER']})")
+
+
 def _pins() -> str:
     """Installed versions vs constraints.txt of the checkout this harness comes from."""
     path = Path(__file__).resolve().parent.parent / "constraints.txt"
@@ -189,6 +205,7 @@ def checks() -> list[Check]:
         _guard("mujoco", True, _mujoco),
         _guard("dm_control", True, _dm_control),
         _guard("envpool", False, _envpool),
+        _guard("pixel rendering", False, _pixels),
         _guard("pandas", True, _plain("pandas", "pandas")),
         _guard("GPUs", False, _gpus),
         _guard("pins", False, _pins),

@@ -86,7 +86,7 @@ def test_cli_doctor_reports_working_environment():
     ext = next(ln for ln in proc.stdout.splitlines() if "torchrl extension" in ln)
     assert ext.startswith("ok") and "PrioritizedReplayBuffer samples and updates" in ext
     for name in ("python", "torch", "tensordict", "torchrl", "gymnasium", "dm_control",
-                 "mujoco", "envpool", "MUJOCO_GL", "GPUs", "machine"):
+                 "mujoco", "envpool", "MUJOCO_GL", "GPUs", "machine", "pixel rendering"):
         assert any(ln[5:].startswith(name) for ln in proc.stdout.splitlines()), name
 
 
