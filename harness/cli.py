@@ -399,8 +399,10 @@ def cmd_train(args) -> int:
     if recipe is not None:
         value = recipes.value_of(recipe, records)
         verdict = "met" if recipe.success.met(value) else "NOT met"
-        print(f"  success         {recipe.success.text()}: {value:g} -> {verdict} "
-              f"({config.frames:,} frames; the recipe's budget is {recipe.frames:,})")
+        first = records.loc[records["metric"] == "frames_to_success", "value"]
+        when = f", first at {int(first.iloc[0]):,} frames" if len(first) else ""
+        print(f"  success         {recipe.success.text()}: {value:g} -> {verdict}{when} "
+              f"(trained {config.frames:,} frames; the recipe's budget is {recipe.frames:,})")
     print(f"results: {path}")
     return 0
 
