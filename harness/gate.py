@@ -1784,21 +1784,27 @@ def _raw_path(args, part: str) -> Path:
     return root / "gate" / f"{part}-{machine_name()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
+def _measured(args, part: str, measure) -> Run:
+    """The Run to analyse: loaded from ``--from``, else ``measure(tree, tmpdir)`` on an export
+    of the working tree, saved to ``_raw_path`` so that it can be re-analysed."""
+    if args.from_raw:
+        return Run.load(args.from_raw)
+    with tempfile.TemporaryDirectory(prefix="rlgauge-gate-") as tmp:
+        result = measure(export_tree(WORKTREE, Path(tmp) / "tree"), Path(tmp))
+    raw = _raw_path(args, part)
+    result.save(raw)
+    _say(f"measurements: {raw} (re-analyse: python -m harness.gate {part} --from it)")
+    return result
+
+
 def cmd_validity(args) -> int:
     """A/A false alarms and detection of injected slowdowns."""
     sizes = tuple(float(s) for s in args.sizes.split(","))
     command = _command("validity", args.argv)
-    if args.from_raw:
-        result = Run.load(args.from_raw)
-    else:
-        with tempfile.TemporaryDirectory(prefix="rlgauge-gate-") as tmp:
-            tree = export_tree(WORKTREE, Path(tmp) / "tree")
-            result = run(validity_sides(tree, sizes, settings=_settings(args)),
-                         **_selection(args, VALIDITY_CASES), rounds=args.blocks * args.rounds,
-                         restart_every=args.rounds, progress=_say, workdir=Path(tmp))
-        raw = _raw_path(args, "validity")
-        result.save(raw)
-        _say(f"measurements: {raw} (re-analyse: python -m harness.gate validity --from it)")
+    result = _measured(args, "validity", lambda tree, tmp: run(
+        validity_sides(tree, sizes, settings=_settings(args)),
+        **_selection(args, VALIDITY_CASES), rounds=args.blocks * args.rounds,
+        restart_every=args.rounds, progress=_say, workdir=tmp))
     text, chosen, met = validity_report(result, block=args.rounds, sizes=sizes,
                                         resamples=args.resamples, command=command)
     out = args.out or ROOT / "results" / "gate" / f"validity-{machine_name()}.md"
@@ -1811,19 +1817,10 @@ def cmd_validity(args) -> int:
 def cmd_noise(args) -> int:
     """Which noise controls reduce the spread."""
     command = _command("noise", args.argv)
-    if args.from_raw:
-        result = Run.load(args.from_raw)
-    else:
-        with tempfile.TemporaryDirectory(prefix="rlgauge-gate-") as tmp:
-            tree = export_tree(WORKTREE, Path(tmp) / "tree")
-            sides = [Side(n, tree, settings=Settings(threads=s.threads, cpu=s.cpu,
-                                                      budget_s=args.budget))
-                     for n, s in NOISE_SIDES]
-            result = run(sides, **_selection(args), rounds=args.rounds, progress=_say,
-                         workdir=Path(tmp))
-        raw = _raw_path(args, "noise")
-        result.save(raw)
-        _say(f"measurements: {raw} (re-analyse: python -m harness.gate noise --from it)")
+    result = _measured(args, "noise", lambda tree, tmp: run(
+        [Side(n, tree, settings=Settings(threads=s.threads, cpu=s.cpu, budget_s=args.budget))
+         for n, s in NOISE_SIDES],
+        **_selection(args), rounds=args.rounds, progress=_say, workdir=tmp))
     out = args.out or ROOT / "results" / "gate" / f"noise-{machine_name()}.md"
     _emit(noise_report(result, command=command), out)
     return 0
