@@ -300,20 +300,28 @@ def suite_cost(results_dir: str | Path = "results/asv", *,
     ``median_spread``, ``within_goal`` (share of points with spread <= ``SPREAD_GOAL``) and
     ``worst`` (the three widest points)."""
     root = Path(results_dir)
-    frame = latest(load(root, machine=machine))
+    if not root.is_dir():
+        raise UsageError(f"asv results directory {str(root)!r} does not exist (run `nox -s "
+                         f"bench` first)")
+    meta_path = root / "benchmarks.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     rows = []
     for mname, doc in _newest_files(root, machine):
         seconds: dict[str, float] = {}
         setup: dict[str, float] = {}
+        point_rows = []
         for name, entry in doc.get("results", {}).items():
             module = name.split(".", 1)[0]
-            duration = _columns(doc, entry).get("duration") or 0.0
-            seconds[module] = seconds.get(module, 0.0) + float(duration)
+            columns = _columns(doc, entry)
+            seconds[module] = seconds.get(module, 0.0) + float(columns.get("duration") or 0.0)
+            point_rows.extend(_rows(name, columns, meta.get(name, {}), doc, mname))
+        frame = pd.DataFrame(point_rows, columns=["benchmark", "params", "spread",
+                                                  "param_values"])
         for key, duration in (doc.get("durations") or {}).items():
             m = _SETUP_CACHE.match(key)
             if m:
                 setup[m["module"]] = setup.get(m["module"], 0.0) + float(duration)
-        points = frame[(frame["machine"] == mname) & frame["spread"].notna()
+        points = frame[frame["spread"].notna()
                        & frame["benchmark"].str.split(".").str[-1].str.startswith("time_")]
         for module in sorted(set(seconds) | set(setup)):
             mine = points[points["benchmark"].str.split(".", n=1).str[0] == module]
