@@ -168,11 +168,9 @@ def make_env(config: Config, obs_norm: VecNormV2 | None = None):
                             num_envs=config.num_envs, seed=config.seed)
     env = TransformedEnv(env, InitTracker())
     if config.normalize_obs:
-        with warnings.catch_warnings():  # "experimental" for batched envs: we reduce over them
-            warnings.filterwarnings("ignore", message="Support of .* is experimental")
-            env.append_transform(
-                obs_norm.frozen_copy() if obs_norm is not None
-                else ObsNorm(in_keys=["observation"], decay=1.0, reduce_batch_dims=True))
+        env.append_transform(
+            obs_norm.frozen_copy() if obs_norm is not None
+            else ObsNorm(in_keys=["observation"], decay=1.0, reduce_batch_dims=True))
     return env
 
 
@@ -184,7 +182,18 @@ class ObsNorm(VecNormV2):
     cartpole-swingup starts every episode at cos(angle) = -1 -- and the NaN scale makes NaN
     observations, NaN actions and a MuJoCo ``PhysicsError``. Raising E[x^2] to at least E[x]^2
     keeps the scale at ``eps`` there instead.
+
+    torchrl warns that VecNorm on a batched env is "experimental" each time the transform joins
+    a container -- when it is appended, and again when a later transform (the LSTM primers)
+    rebuilds the chain. ObsNorm reduces over the batch dimensions on purpose
+    (``reduce_batch_dims``), so it silences that one warning about itself.
     """
+
+    def set_container(self, container) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=f"Support of {type(self).__name__} for "
+                                    ".* is experimental")
+            super().set_container(container)
 
     def _norm(self, data, loc, var, count):
         var = var.apply(lambda second, mean: torch.maximum(second, mean.pow(2)), loc)
