@@ -12,7 +12,8 @@ Recipes (``harness.recipes``: torchrl's tutorial pipelines) are checked the same
 their tutorial's own success criterion (e.g. ``max_step_count >= 1000``) within the tutorial's
 budget: ``recipe_targets`` lists them, ``run_recipe`` trains the seeds, and their rows carry the
 criterion's ``metric`` and ``value`` (``table`` shows them in the same columns, with a
-``criterion`` column saying what was measured).
+``criterion`` column saying what was measured and, for a criterion on a curve such as the longest
+episode so far, the frame count at which each seed first met it).
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def _one_recipe_seed(name: str, seed: int, runs_dir: str, device: str) -> dict:
     return {"seed": seed, "metric": recipe.success.metric,
             "value": recipes.value_of(recipe, records),
             "criterion": recipe.success.text(), "strict": recipe.success.strict,
+            "frames_to_success": float(values.get("frames_to_success", float("nan"))),
+            "curve": recipe.success.curve is not None,
             "final_return": float(values.get("final_return", float("nan"))),
             "wall_time_s": float(values.get("wall_time_s", float("nan"))), "file": str(path)}
 
@@ -132,9 +135,24 @@ def met(rows: pd.DataFrame) -> bool:
     return median > threshold if strict else median >= threshold
 
 
+#: the learning table's column of when a recipe's curve criterion was first met
+FIRST_MET = "first met at (frames, per seed)"
+
+
+def _first_met(g: pd.DataFrame) -> str:
+    """Per seed, the frame count at which a recipe's curve criterion (e.g. the longest episode)
+    was first met, "not met" where it never was; "" where the criterion is one number at the
+    end of the run (``final_return``) or the rows predate the column."""
+    if "frames_to_success" not in g or not g["curve"].fillna(False).astype(bool).all():
+        return ""
+    return ", ".join("not met" if pd.isna(f) else f"{int(f):,}"
+                     for f in g.sort_values("seed")["frames_to_success"])
+
+
 def table(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per (algorithm, task): budget, threshold, the criterion, per-seed and median
-    value (``final_return``; a recipe's: its criterion's metric), verdict, wall time."""
+    value (``final_return``; a recipe's: its criterion's metric), when a recipe's criterion
+    was first met (per seed), verdict, wall time."""
     out = []
     for (algo, backend, task), g in rows.groupby(["algorithm", "backend", "task"], sort=False):
         recipe = "metric" in g and isinstance(g["metric"].iloc[0], str)
@@ -147,6 +165,7 @@ def table(rows: pd.DataFrame) -> pd.DataFrame:
             "criterion": g["criterion"].iloc[0] if recipe else f"final_return >= {threshold:g}",
             "per seed": ", ".join(f"{r:.1f}" for r in returns),
             "median": round(median, 1), "met": "yes" if met(g) else "NO",
+            FIRST_MET: _first_met(g) if recipe else "",
             "wall s (per seed, median)": round(statistics.median(g["wall_time_s"]), 1),
         })
     return pd.DataFrame(out)
@@ -172,6 +191,7 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, machine: str) -> Path:
             old["criterion"] = None
         old["criterion"] = old["criterion"].where(
             old["criterion"].notna(), "final_return >= " + old["threshold"].map("{:g}".format))
+        old[FIRST_MET] = old.get(FIRST_MET, pd.Series("", index=old.index)).fillna("")
         keep = ~old.set_index(["algorithm", "task"]).index.isin(
             summary.set_index(["algorithm", "task"]).index)
         summary = pd.concat([old[keep], summary], ignore_index=True)[list(summary.columns)]

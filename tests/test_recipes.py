@@ -314,14 +314,17 @@ def test_matrix_unknown_recipe_is_bad_input():
         matrix.expand(matrix.Grid(algorithms=(), backends=(), recipes=("nope",)))
 
 
-def _dqn_recipe_rows(values) -> pd.DataFrame:
-    """learning.run_recipe's rows for tutorial-dqn, one seed per value of max_step_count."""
+def _dqn_recipe_rows(values, first=None) -> pd.DataFrame:
+    """learning.run_recipe's rows for tutorial-dqn, one seed per value of max_step_count (and
+    of ``first``: frames_to_success, NaN where never met)."""
+    first = first or [8_400.0 if v > 200 else math.nan for v in values]
     return pd.DataFrame([{"algorithm": "tutorial-dqn", "backend": "gymnasium",
                           "task": "cartpole", "frames": 50_000, "threshold": 200.0,
                           "source": "t", "seed": s, "metric": "max_step_count", "value": v,
                           "criterion": "max_step_count > 200", "strict": True,
+                          "frames_to_success": f, "curve": True,
                           "final_return": math.nan, "wall_time_s": 1.0}
-                         for s, v in enumerate(values)])
+                         for s, (v, f) in enumerate(zip(values, first, strict=True))])
 
 
 def test_learning_lists_every_recipe_with_its_criterion():
@@ -334,6 +337,10 @@ def test_learning_lists_every_recipe_with_its_criterion():
     assert table["criterion"].iloc[0] == "max_step_count > 200"
     assert table["median"].iloc[0] == 201.0 and table["met"].iloc[0] == "yes"
     assert not learning.met(rows.assign(value=[500.0, 200.0, 200.0]))  # strict: 200 fails
+    assert table[learning.FIRST_MET].iloc[0] == "8,400, not met, 8,400"
+    # a criterion measured once at the end (tutorial-ddpg's final_return) has no "first"
+    scalar = rows.assign(metric="final_return", curve=False, frames_to_success=math.nan)
+    assert learning.table(scalar)[learning.FIRST_MET].iloc[0] == ""
 
 
 def test_learning_table_accumulates_and_migrates_old_tables(tmp_path):
@@ -353,4 +360,5 @@ def test_learning_table_accumulates_and_migrates_old_tables(tmp_path):
     assert list(table["criterion"]) == ["final_return >= 475", "max_step_count > 200"]
     assert list(table["per seed"]) == ["500.0, 500.0, 500.0", "500.0, 240.0, 500.0"]
     assert table["date"].iloc[0] == "2026-11-20"
+    assert table[learning.FIRST_MET].fillna("").tolist() == ["", "8,400, 8,400, 8,400"]
     assert "nan" not in (tmp_path / "learning-m.md").read_text()
