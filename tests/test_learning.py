@@ -8,8 +8,7 @@ time) to ``results/learning/learning-<machine>.md`` whether or not the threshold
 Every recipe (``harness.recipes``: torchrl's tutorial pipelines) is trained the same way at its
 tutorial's budget, and the median of its success criterion's value (e.g. the longest episode,
 ``max_step_count``) must meet the tutorial's criterion; the table adds when each seed first met
-it. A recipe whose ``learning_device`` is
-``cuda`` is skipped where there is no GPU.
+it. A recipe whose ``learning_device`` is ``cuda`` is skipped where there is no GPU.
 """
 
 from __future__ import annotations
