@@ -42,12 +42,12 @@ PROBE = {
 }
 
 
-def _resolve(name, tmp_path, *extra):
+def _resolve(name, tmp_path, *extra, device="cpu"):
     overrides = [o for o in PROBE[name] if not o.startswith("frames=")]
     frames = next(int(o.split("=")[1]) for o in PROBE[name] if o.startswith("frames="))
     if name == "tutorial-dqn":
         overrides.append(f"csv_log_dir={tmp_path / 'csv'}")
-    return recipes.resolve(name, frames=frames, overrides=[*overrides, *extra])
+    return recipes.resolve(name, device=device, frames=frames, overrides=[*overrides, *extra])
 
 
 # --------------------------------------------------------------------------- registry
@@ -208,8 +208,9 @@ def test_tutorial_dqn_and_ddpg_envs_keep_their_keys(tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_recipe_runs_a_probe_budget_and_reports_its_criterion(name, tmp_path):
-    recipe, module, config = _resolve(name, tmp_path)
+def test_recipe_runs_a_probe_budget_and_reports_its_criterion(name, tmp_path, device):
+    # on CUDA too where a GPU is lent: tutorial-recurrent-dqn's learning test runs only there
+    recipe, module, config = _resolve(name, tmp_path, device=str(device))
     torch.manual_seed(0)
     run = module.train(config)
     records = recipes.finish(recipe, run.records)
