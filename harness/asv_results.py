@@ -45,30 +45,42 @@ def _columns(doc: dict, entry: list) -> dict:
     return dict(zip(doc.get("result_columns", []), entry, strict=False))
 
 
-def load(results_dir: str | Path = "results/asv", *, machine: str | None = None,
-         commit: str | None = None) -> pd.DataFrame:
-    """Rows: benchmark, params, value, unit, q25, q75, spread, commit, env, machine, date."""
+#: the columns of ``load``'s rows
+_ROW_COLUMNS = ["benchmark", "params", "value", "unit", "q25", "q75", "spread", "commit", "env",
+               "machine", "date", "param_values"]
+
+
+def _open(results_dir: str | Path, machine: str | None) -> tuple[dict, list[Path]]:
+    """asv's benchmark metadata (``benchmarks.json``; {} without it) and the machine folders
+    of ``results_dir`` (only ``machine``'s when given); UsageError when it does not exist."""
     root = Path(results_dir)
     if not root.is_dir():
         raise UsageError(f"asv results directory {str(root)!r} does not exist (run `nox -s "
                          f"bench` first)")
     meta_path = root / "benchmarks.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    rows = []
-    machines = [root / machine] if machine else [p for p in root.iterdir() if p.is_dir()]
-    for mdir in machines:
-        for path in sorted(mdir.glob("*.json")):
-            if path.name in SKIP:
-                continue
-            doc = json.loads(path.read_text())
-            if commit and not doc.get("commit_hash", "").startswith(commit):
-                continue
-            for name, entry in doc.get("results", {}).items():
-                rows.extend(_rows(name, _columns(doc, entry), meta.get(name, {}), doc, mdir.name))
-    frame = pd.DataFrame(rows, columns=["benchmark", "params", "value", "unit", "q25", "q75",
-                                        "spread", "commit", "env", "machine", "date",
-                                        "param_values"])
-    return frame
+    return meta, [root / machine] if machine else [p for p in root.iterdir() if p.is_dir()]
+
+
+def _result_docs(mdir: Path) -> list[dict]:
+    """The parsed result files of one machine folder, in file-name order."""
+    return [json.loads(p.read_text()) for p in sorted(mdir.glob("*.json")) if p.name not in SKIP]
+
+
+def _doc_rows(doc: dict, meta: dict, machine: str) -> list[dict]:
+    """``load``'s rows of one result file."""
+    return [row for name, entry in doc.get("results", {}).items()
+            for row in _rows(name, _columns(doc, entry), meta.get(name, {}), doc, machine)]
+
+
+def load(results_dir: str | Path = "results/asv", *, machine: str | None = None,
+         commit: str | None = None) -> pd.DataFrame:
+    """Rows: benchmark, params, value, unit, q25, q75, spread, commit, env, machine, date."""
+    meta, machines = _open(results_dir, machine)
+    rows = [row for mdir in machines for doc in _result_docs(mdir)
+            if not commit or doc.get("commit_hash", "").startswith(commit)
+            for row in _doc_rows(doc, meta, mdir.name)]
+    return pd.DataFrame(rows, columns=_ROW_COLUMNS)
 
 
 def _rows(name: str, rec: dict, meta: dict, doc: dict, machine: str) -> list[dict]:
@@ -282,41 +294,26 @@ SPREAD_GOAL = 0.05
 _SETUP_CACHE = re.compile(r"^<setup_cache (?P<module>[^:>]+)")
 
 
-def _newest_files(root: Path, machine: str | None) -> list[tuple[str, dict]]:
-    out = []
-    machines = [root / machine] if machine else [p for p in root.iterdir() if p.is_dir()]
-    for mdir in machines:
-        docs = [json.loads(p.read_text()) for p in sorted(mdir.glob("*.json"))
-                if p.name not in SKIP]
-        if docs:
-            out.append((mdir.name, max(docs, key=lambda d: d.get("date") or 0)))
-    return out
-
-
 def suite_cost(results_dir: str | Path = "results/asv", *,
                machine: str | None = None) -> pd.DataFrame:
     """One row per (machine, module) of the newest run: ``seconds`` (benchmarks' recorded
     durations plus ``setup_cache``), ``setup_cache_s``, ``points`` (time_* points measured),
     ``median_spread``, ``within_goal`` (share of points with spread <= ``SPREAD_GOAL``) and
     ``worst`` (the three widest points)."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise UsageError(f"asv results directory {str(root)!r} does not exist (run `nox -s "
-                         f"bench` first)")
-    meta_path = root / "benchmarks.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta, machines = _open(results_dir, machine)
     rows = []
-    for mname, doc in _newest_files(root, machine):
+    for mdir in machines:
+        docs = _result_docs(mdir)
+        if not docs:
+            continue
+        mname, doc = mdir.name, max(docs, key=lambda d: d.get("date") or 0)  # the newest run
         seconds: dict[str, float] = {}
         setup: dict[str, float] = {}
-        point_rows = []
         for name, entry in doc.get("results", {}).items():
             module = name.split(".", 1)[0]
-            columns = _columns(doc, entry)
-            seconds[module] = seconds.get(module, 0.0) + float(columns.get("duration") or 0.0)
-            point_rows.extend(_rows(name, columns, meta.get(name, {}), doc, mname))
-        frame = pd.DataFrame(point_rows, columns=["benchmark", "params", "spread",
-                                                  "param_values"])
+            duration = _columns(doc, entry).get("duration") or 0.0
+            seconds[module] = seconds.get(module, 0.0) + float(duration)
+        frame = pd.DataFrame(_doc_rows(doc, meta, mname), columns=_ROW_COLUMNS)
         for key, duration in (doc.get("durations") or {}).items():
             m = _SETUP_CACHE.match(key)
             if m:
