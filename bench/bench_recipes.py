@@ -168,8 +168,10 @@ def _pixel_stepper(impl: str, device):
 
         return run, vec.close
     if impl == "wrapper":
+        from harness import backends
+
         holder = recurrent_dqn.make_pixel_env(config)
-        env = holder.base_env  # torchrl's GymWrapper: no transforms
+        env = backends.simulator_of(holder)  # torchrl's GymWrapper (on the CPU): no transforms
     else:
         env = holder = recurrent_dqn.make_env(config)
     state = {"td": env.reset()}

@@ -25,10 +25,28 @@ look at the backend:
   sub-envs, never their current one).
 
 Devices. ``probe`` envs are pure torch and run *on* the requested device. The simulators of the
-other backends run on the CPU; their torchrl wrapper (``device=`` of ``GymWrapper``,
-``DMControlEnv``, ``SerialEnv``/``ParallelEnv`` and of the envpool wrapper here) casts what they
-return to the requested device and moves actions back, so the env still reads and writes
-tensors on that device.
+other backends run on the CPU, and so does their whole torchrl stack: the wrapper
+(``GymWrapper``, ``DMControlEnv``, ``SerialEnv``/``ParallelEnv``, the envpool wrapper here) and
+the convention's transforms are always built with ``device="cpu"``. For another device,
+``to_device`` puts that env behind ``SimulatorOnDevice``, the one place where its data crosses:
+what goes in (actions, ``"_reset"`` masks, states) moves to the CPU before the simulator's env
+sees it, what comes out moves to the device. From outside, the env is native to the device, as
+a probe is: whatever an algorithm appends (``ObservationNorm``, ``StepCounter``, the LSTM
+primers, ``InitTracker``) sees device tensors only, single or batched, partial resets
+included. The device is named canonically (``harness.devices``: ``cuda`` becomes ``cuda:0``).
+
+Why not the wrappers' own ``device=``: torchrl 0.14.1's ``GymWrapper`` calls ``.numpy()`` on
+the ``"_reset"`` mask it is given (``_replace_reset``, gymnasium >= 1.1 with
+``AutoresetMode.DISABLED``), so with ``device="cuda"`` every partial reset raises
+``TypeError: can't convert cuda:0 device type tensor to numpy`` (pinned in
+``tests/test_specs.py::test_torchrl_gym_wrapper_partial_reset_on_cuda``). And not torchrl's
+``DeviceCastTransform`` at the end of the chain: it leaves reset inputs on the device
+(``enable_inv_on_reset`` is False), and switching that on hands every later transform of the
+same chain a CPU copy of the reset data (``TransformedEnv._reset`` passes the preprocessed
+tensordict to every transform's ``_reset``). With one crossing point below all transforms, no
+simulator wrapper sees a device tensor and no transform sees a CPU one; the CPU tests run
+everything through ``SimulatorOnDevice`` (``on_device(env, "cpu")``) to check that structure
+without a GPU.
 
 Batching. Every env is batched, ``batch_size == [num_envs]`` even for ``num_envs == 1`` (as the
 probes are natively), so an algorithm sees ``[num_envs, ...]`` whatever the backend and count.
@@ -124,8 +142,8 @@ class Backend:
     tasks live in a module that may be absent). ``build(spec, num_envs=, seed=, device=,
     batching=)`` returns the env following the module's convention. ``batching`` is the
     measured default way to batch the sub-envs, ``batchings`` all the ways the builder knows.
-    ``device_native``: the simulator itself runs on the requested device (else on CPU, with its
-    outputs cast to the device).
+    ``device_native``: the simulator itself runs on the requested device (else ``build`` is
+    called with ``device=cpu`` and ``to_device`` hands the env's data to the requested one).
     """
 
     build: Builder
@@ -175,7 +193,96 @@ def make_env(backend: str, task: str, *, device="cpu", num_envs: int = 1, seed: 
     if batching not in be.batchings:
         raise UsageError(f"unknown batching {batching!r} for backend {backend!r}; valid: "
                          f"{', '.join(be.batchings)}")
-    return be.build(spec, num_envs=num_envs, seed=int(seed), device=dev, batching=batching)
+    return build(be, spec, num_envs=num_envs, seed=int(seed), device=dev, batching=batching)
+
+
+def build(be: Backend, spec: TaskSpec, *, num_envs: int, seed: int, device, batching: str):
+    """``be``'s env for ``spec`` on ``device``, inputs already checked (``make_env`` checks
+    them). A backend whose simulator is not ``device_native`` is built on the CPU and handed to
+    ``device`` by ``to_device``: the one place where its data crosses devices."""
+    import torch
+
+    if be.device_native:
+        return be.build(spec, num_envs=num_envs, seed=seed, device=device, batching=batching)
+    env = be.build(spec, num_envs=num_envs, seed=seed, device=torch.device("cpu"),
+                   batching=batching)
+    return to_device(env, device)
+
+
+@functools.cache
+def _device_env_class():
+    import torch
+    from torchrl.envs import EnvBase
+
+    cpu = torch.device("cpu")
+
+    class SimulatorOnDevice(EnvBase):
+        """A CPU simulator's torchrl env seen from ``device``: what goes in (actions, reset
+        masks, recurrent states) is moved to the CPU before the simulator's env sees it, what
+        comes out is moved to ``device``. From outside it behaves as an env native to
+        ``device`` (as the probes are), so the transforms and primers the algorithms append
+        see device tensors only."""
+
+        def __init__(self, env, device):
+            super().__init__(device=device, batch_size=env.batch_size)
+            self.simulator_env = env
+            self.full_observation_spec = env.full_observation_spec.clone().to(device)
+            self.full_reward_spec = env.full_reward_spec.clone().to(device)
+            self.full_done_spec = env.full_done_spec.clone().to(device)
+            self.full_action_spec = env.full_action_spec.clone().to(device)
+            self.full_state_spec = env.full_state_spec.clone().to(device)
+
+        @staticmethod
+        def _move(tensordict, device):
+            """``tensordict`` on ``device``, always a new tensordict (as a move to another
+            device is; so the same code runs when ``device`` is the CPU, in the tests), and
+            synchronous: the simulator reads its inputs (``.numpy()``) at once."""
+            if tensordict is None:
+                return None
+            moved = tensordict.to(device)
+            return moved.clone() if moved is tensordict else moved
+
+        def _reset(self, tensordict=None, **kwargs):
+            out = self.simulator_env.reset(self._move(tensordict, cpu), **kwargs)
+            return self._move(out, self.device)
+
+        def _step(self, tensordict):
+            return self._move(self.simulator_env._step(self._move(tensordict, cpu)),
+                              self.device)
+
+        def _set_seed(self, seed):
+            self.simulator_env.set_seed(seed)
+
+        def close(self, *, raise_if_closed: bool = True):
+            self.simulator_env.close()
+            super().close(raise_if_closed=raise_if_closed)
+
+    return SimulatorOnDevice
+
+
+def on_device(env, device):
+    """``env`` (a CPU simulator's torchrl env) behind ``SimulatorOnDevice``: its inputs moved to
+    the CPU, its outputs to ``device`` (also for ``device == cpu``, where ``to_device`` would
+    not wrap it: the tests check the structure that way)."""
+    return _device_env_class()(env, device)
+
+
+def to_device(env, device):
+    """``env`` (a CPU simulator's torchrl env) handing its data to and from ``device``: ``env``
+    itself on the CPU, else ``on_device(env, device)``."""
+    import torch
+
+    device = torch.device(device)
+    return env if device.type == "cpu" else on_device(env, device)
+
+
+def simulator_of(env):
+    """The innermost env of ``env`` (below every transform): what steps the simulator."""
+    while True:
+        inner = getattr(env, "base_env", None) or getattr(env, "simulator_env", None)
+        if inner is None:
+            return env
+        env = inner
 
 
 def get_task(backend: str, task: str) -> TaskSpec:

@@ -130,7 +130,8 @@ class Skip:
 @dataclass(frozen=True)
 class Grid:
     """What ``python -m harness run`` asks for. ``tasks`` None: ``DEFAULT_TASKS``;
-    ``devices`` may contain ``all`` (cpu and cuda, cuda cells skipped where absent);
+    ``devices`` may contain ``all`` (cpu and every GPU; ``cuda:0`` cells skipped where there is
+    none); devices are recorded by their canonical names (``harness.devices``: cuda -> cuda:0);
     ``num_envs`` None entries: the algorithm's default; ``frames`` None: ``QUICK_FRAMES`` when
     ``quick``, else each algorithm's budget for the task (a recipe's: its own). ``recipes``:
     recipe cells besides the algorithm x backend x task ones (``algorithms`` may then be
@@ -191,18 +192,21 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
     device_skips: dict[str, str] = {}
     wanted: list[str] = []
     for name in grid.devices:
-        if name == "all":
-            for d in ("cpu", "cuda"):
+        if name == "all":  # every device here; a machine without a GPU records its CUDA skip
+            present = devices.available_devices()
+            if len(present) == 1:
                 try:
-                    devices.check_device(d)
+                    devices.check_device("cuda")
                 except UsageError as exc:
-                    device_skips[d] = str(exc)
+                    device_skips["cuda:0"] = str(exc)
+            for d in present if len(present) > 1 else [*present, "cuda:0"]:
                 if d not in wanted:
                     wanted.append(d)
         else:
-            devices.check_device(name)  # asked for by name: absent is the user's error
-            if name not in wanted:
-                wanted.append(name)
+            # asked for by name: absent is the user's error; recorded by its canonical name
+            d = str(devices.check_device(name))
+            if d not in wanted:
+                wanted.append(d)
     _check_overrides(grid)
 
     specs, skips = [], []

@@ -47,14 +47,20 @@ class BaseConfig:
     task: str = "cartpole"
     """Logical task name within the backend (e.g. cartpole, pendulum, cartpole-swingup)."""
     device: str = "cpu"
-    """Where policy, losses and buffers live: cpu, cuda, cuda:N. Envs run where their
-    backend runs; their outputs are moved to this device."""
+    """Where policy, losses and buffers live: cpu, cuda, cuda:N (stored by its canonical name,
+    ``harness.devices.canonical``: cuda becomes cuda:0). Envs run where their backend runs;
+    their outputs are moved to this device."""
     num_envs: int = 1
     """Environments stepped as one batch (the backend's vectorisation)."""
     frames: int = 20_000
     """Total env frames (steps summed over the batch) to collect: the training budget."""
     seed: int = 0
     """Seeds torch, the envs and the collector; same seed + config on CPU -> same returns."""
+
+    def __post_init__(self):
+        from harness.devices import canonical
+
+        object.__setattr__(self, "device", canonical(self.device))
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

@@ -124,6 +124,7 @@ class Config(BaseConfig):
     """Frames between two loss records (each the mean over the updates since the last)."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.noise not in NOISES:
             raise UsageError(f"unknown noise {self.noise!r}; valid: {', '.join(NOISES)}")
         if not 0.0 <= self.sigma_end <= self.sigma:

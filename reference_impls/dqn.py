@@ -130,6 +130,7 @@ class Config(BaseConfig):
     training goes; the results records are the same either way."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.target_update not in _TARGET_UPDATES:
             raise UsageError(f"target_update must be one of {', '.join(_TARGET_UPDATES)}; "
                              f"got {self.target_update!r}")

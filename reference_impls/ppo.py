@@ -119,6 +119,7 @@ class Config(BaseConfig):
     ``step_count_max`` (longest episode in each batch, the ongoing ones included)."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.advantage not in ADVANTAGES:
             raise UsageError(f"advantage must be one of {', '.join(ADVANTAGES)}; "
                              f"got {self.advantage!r}")

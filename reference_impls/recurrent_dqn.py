@@ -207,6 +207,7 @@ class Config(BaseConfig):
     budget); evaluation reuses them. 0: no normalisation."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.target_update not in TARGET_UPDATES:
             raise UsageError(f"target_update must be one of {', '.join(TARGET_UPDATES)}; "
                              f"got {self.target_update!r}")
@@ -327,8 +328,11 @@ def make_pixel_env(config: Config):
     task = backends.get_task(config.backend, config.task)
     vec = gym.vector.SyncVectorEnv([functools.partial(_rendering_env, task.id)] * config.num_envs,
                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    env = GymWrapper(vec, categorical_action_encoding=True, device=config.device)
+    env = GymWrapper(vec, categorical_action_encoding=True, device="cpu")
     env.set_seed(config.seed)
+    # the simulator's data crosses to the device once, as in harness.backends; the frames are
+    # converted, grayed and resized there
+    env = backends.to_device(env, config.device)
     return TransformedEnv(env, ToTensorImage(in_keys=["pixels"]))\
         .append_transform(GrayScale(in_keys=["pixels"]))\
         .append_transform(PixelResize(config.pixel_size, config.pixel_size))

@@ -18,12 +18,31 @@ def _cuda() -> bool:
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request):
-    """Each test that takes ``device`` runs on CPU and, where a GPU is present, on CUDA."""
+    """Each test that takes ``device`` runs on CPU and, where a GPU is present, on CUDA: the
+    device by its canonical name (``harness.devices``: ``cuda`` is ``cuda:0``), as envs,
+    modules and records name it."""
     if request.param == "cuda" and not _cuda():
         pytest.skip("no CUDA device on this machine")
-    import torch
+    from harness.devices import check_device
 
-    return torch.device(request.param)
+    return check_device(request.param)
+
+
+@pytest.fixture(params=["cpu", "crossing", pytest.param("cuda", marks=pytest.mark.gpu)])
+def sim_device(request, monkeypatch):
+    """For tests of envs with CPU simulators (gymnasium, dm_control, envpool) and what runs on
+    them: ``cpu``; ``crossing``, the CPU *through* the device crossing a CUDA run gets
+    (``harness.backends.SimulatorOnDevice``; ``to_device`` skips it on the CPU), so that the
+    structure of a CUDA run is tested without a GPU; and ``cuda`` where a GPU is present."""
+    if request.param == "cuda" and not _cuda():
+        pytest.skip("no CUDA device on this machine")
+    from harness import backends
+    from harness.devices import check_device
+
+    if request.param == "crossing":
+        monkeypatch.setattr(backends, "to_device", backends.on_device)
+        return check_device("cpu")
+    return check_device(request.param)
 
 
 @pytest.fixture(autouse=True)

@@ -95,8 +95,8 @@ def test_ddpg_noise_perturbs_only_exploring_actions(noise):
 
 
 @pytest.mark.parametrize("noise", ddpg.NOISES)
-def test_ddpg_runs_on_gymnasium_pendulum_with_each_noise(noise, device):
-    config = ddpg.config_for("gymnasium", "pendulum", noise=noise, device=str(device),
+def test_ddpg_runs_on_gymnasium_pendulum_with_each_noise(noise, sim_device):
+    config = ddpg.config_for("gymnasium", "pendulum", noise=noise, device=str(sim_device),
                              **{**SMOKE, "frames": 400, "max_episode_steps": 200})
     records = ddpg.train(config).records
     metrics = set(records["metric"])
@@ -107,8 +107,9 @@ def test_ddpg_runs_on_gymnasium_pendulum_with_each_noise(noise, device):
     assert ((returns <= 0) & (returns >= -16.3 * 200)).all()
 
 
-def test_ddpg_runs_on_dm_control_cartpole_balance(device):
-    config = ddpg.config_for("dm_control", "cartpole-balance", device=str(device), **SMOKE)
+def test_ddpg_runs_on_dm_control_cartpole_balance(sim_device):
+    config = ddpg.config_for("dm_control", "cartpole-balance", device=str(sim_device),
+                             **SMOKE)
     records = ddpg.train(config).records
     assert {"loss_actor", "loss_value", "final_return"} <= set(records["metric"])
     assert (records["status"] == "ok").all()

@@ -137,8 +137,8 @@ def test_dqn_same_seed_same_returns_on_cpu():
         second[second["metric"].isin(keys)][cols].reset_index(drop=True))
 
 
-def test_dqn_runs_on_gymnasium_cartpole():
-    config = dqn.Config(frames=512, eval_episodes=2, **CARTPOLE)
+def test_dqn_runs_on_gymnasium_cartpole(sim_device):
+    config = dqn.Config(frames=512, eval_episodes=2, device=str(sim_device), **CARTPOLE)
     values = dqn.train(config).records.groupby("metric")["value"].last()
     assert 1.0 <= values["final_return"] <= 200.0  # CartPole pays 1 per step, capped here
     assert values["collect_fps"] > 0 and values["train_fps"] > 0

@@ -76,10 +76,10 @@ def test_ppo_same_seed_same_returns_on_cpu():
 
 
 @pytest.mark.parametrize("task", ["cartpole", "pendulum"])
-def test_ppo_runs_on_gymnasium_discrete_and_continuous(task):
+def test_ppo_runs_on_gymnasium_discrete_and_continuous(task, sim_device):
     config = ppo.Config(backend="gymnasium", task=task, frames=512, num_envs=2,
                         frames_per_batch=256, num_epochs=1, eval_episodes=1,
-                        max_episode_steps=200)
+                        max_episode_steps=200, device=str(sim_device))
     records = ppo.train(config).records
     assert "final_return" in set(records["metric"])
 

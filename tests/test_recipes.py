@@ -208,9 +208,9 @@ def test_tutorial_dqn_and_ddpg_envs_keep_their_keys(tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_recipe_runs_a_probe_budget_and_reports_its_criterion(name, tmp_path, device):
+def test_recipe_runs_a_probe_budget_and_reports_its_criterion(name, tmp_path, sim_device):
     # on CUDA too where a GPU is lent: tutorial-recurrent-dqn's learning test runs only there
-    recipe, module, config = _resolve(name, tmp_path, device=str(device))
+    recipe, module, config = _resolve(name, tmp_path, device=str(sim_device))
     torch.manual_seed(0)
     run = module.train(config)
     records = recipes.finish(recipe, run.records)

@@ -207,9 +207,10 @@ def test_recurrent_same_seed_same_returns_on_cpu(module, overrides):
     (recurrent_ppo, "pendulum", dict(num_epochs=1, lstm_hidden=32, shared_lstm=True,
                                      chunk_len=16)),
 ], ids=["dqn-cartpole-novel", "ppo-cartpole-novel", "ppo-pendulum-shared-chunks"])
-def test_recurrent_runs_on_gymnasium(module, task, overrides):
+def test_recurrent_runs_on_gymnasium(module, task, overrides, sim_device):
     config = module.config_for("gymnasium", task, frames=256, num_envs=2, frames_per_batch=128,
-                               eval_episodes=1, max_episode_steps=200, **overrides)
+                               eval_episodes=1, max_episode_steps=200, device=str(sim_device),
+                               **overrides)
     records = module.train(config).records
     assert "final_return" in set(records["metric"])
     assert (records["status"] == "ok").all()

@@ -249,19 +249,124 @@ def test_specs_probe_device_parity(device, backend, task):
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", "dm_control", "envpool"])
-def test_specs_cpu_simulator_output_on_device(device, backend):
+def test_specs_cpu_simulator_output_on_device(sim_device, backend):
     """CPU simulators hand their outputs over on the requested device."""
     pairs = [(b, t) for b, t in AVAILABLE if b == backend]
     if not pairs:
         pytest.skip(f"backend {backend} unavailable here")
     task = sorted(pairs)[0][1]
-    env = backends.make_env(backend, task, num_envs=2, device=device)
+    env = backends.make_env(backend, task, num_envs=2, device=sim_device)
     try:
         data = env.rollout(5, break_when_any_done=False)
         for key in data.keys(True, True):
-            assert data[key].device == device, key
+            assert data[key].device == sim_device, key
     finally:
         env.close()
+
+
+SIMULATORS = [pytest.param(b, id=b) for b in ("gymnasium", "dm_control", "envpool")]
+
+
+def _simulator(backend: str):
+    """(Backend, a task) of a CPU-simulator backend; skip where its library is missing."""
+    tasks = backends.available_tasks(backend)
+    if not tasks:
+        pytest.skip(f"backend {backend} unavailable here")
+    return registry.BACKENDS.get(backend).value, tasks[0]
+
+
+@pytest.mark.parametrize("backend", SIMULATORS)
+def test_specs_simulator_is_built_on_the_cpu_whatever_the_device(monkeypatch, backend):
+    """Where the simulator runs (no GPU needed): for a requested ``cuda:0`` the backend's whole
+    torchrl stack is built with ``device=cpu`` and handed to ``to_device(env, cuda:0)`` -- the
+    one crossing point. Fails if a simulator's wrapper is given the requested device (what
+    rlgauge did before: ``GymWrapper(device="cuda")``, whose partial resets crash, see
+    ``test_torchrl_gym_wrapper_partial_reset_on_cuda``; here building specs on an absent CUDA
+    device raises)."""
+    be, task = _simulator(backend)
+    assert not be.device_native
+    handed = []
+    monkeypatch.setattr(backends, "to_device", lambda env, device: handed.append(device) or env)
+    env = backends.build(be, backends.get_task(backend, task), num_envs=2, seed=0,
+                         device=torch.device("cuda:0"), batching=be.batching)
+    try:
+        assert handed == [torch.device("cuda:0")]
+        assert backends.simulator_of(env).device == torch.device("cpu")
+        assert env.device == torch.device("cpu")  # to_device (recorded here) does the rest
+        leaves = [leaf for spec in (env.full_observation_spec, env.full_action_spec,
+                                    env.full_done_spec, env.full_reward_spec)
+                  for leaf in spec.values(True, True)]
+        assert {leaf.device for leaf in leaves} == {torch.device("cpu")}
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def through_device_wrapper(monkeypatch):
+    """Every simulator env built while active goes through ``SimulatorOnDevice`` even on the
+    CPU (``to_device`` skips it there): the structure a CUDA run gets, checked without a GPU."""
+    monkeypatch.setattr(backends, "to_device", backends.on_device)
+
+
+@pytest.mark.parametrize("backend", SIMULATORS)
+def test_specs_device_wrapper_keeps_the_convention(through_device_wrapper, backend):
+    """Through the device crossing the env passes ``check_env_specs``, keeps its specs, and a
+    partial reset hands the simulator a CPU mask, restarts only the flagged sub-env and leaves
+    the others running. Fails if the crossing drops the reset mask or the data of the sub-envs
+    that are not reset (or if torchrl's DeviceCastTransform is used in its place: the reset
+    mask would then reach the simulator on the device)."""
+    from torchrl.envs.utils import check_env_specs
+
+    _, task = _simulator(backend)
+    env = backends.make_env(backend, task, num_envs=BATCH, seed=0)
+    sim = backends.simulator_of(env)
+    assert type(env).__name__ == "SimulatorOnDevice" and sim is not env
+    reached = []
+    sim_reset = sim._reset
+    sim._reset = lambda td=None, **kw: reached.append(
+        None if td is None else td.get("_reset", None)) or sim_reset(td, **kw)
+    try:
+        check_env_specs(env, seed=0)
+        assert env.full_observation_spec == env.simulator_env.full_observation_spec
+        assert env.full_action_spec == env.simulator_env.full_action_spec
+        env.set_seed(0)
+        td = env.reset()
+        for _ in range(3):
+            td.set("action", env.action_spec.rand())
+            _, td = env.step_and_maybe_reset(td)
+        reached.clear()
+        before = td["observation"].clone()
+        mask = torch.zeros((BATCH, 1), dtype=torch.bool, device=env.device)
+        mask[0] = True
+        after = env.reset(td.clone().set("_reset", mask))
+        assert reached and all(m.device == torch.device("cpu") for m in reached)
+        assert torch.equal(reached[-1].reshape(-1), mask.reshape(-1).cpu())
+        assert torch.equal(after["observation"][1:], before[1:])  # the others carry on
+        assert not after["done"].any()
+    finally:
+        env.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="torchrl 0.14.1: GymWrapper._replace_reset (gymnasium >= 1.1, "
+                          "AutoresetMode.DISABLED) calls .numpy() on the device '_reset' mask")
+def test_torchrl_gym_wrapper_partial_reset_on_cuda():
+    """torchrl's defect, minimal: a vector env in torchrl's ``GymWrapper`` on CUDA cannot
+    reset one sub-env (``TypeError: can't convert cuda:0 device type tensor to numpy``).
+    rlgauge steps around it (``harness.backends``: simulators stay on the CPU behind
+    ``SimulatorOnDevice``); this pins the defect so that a fixed torchrl shows up as an
+    XPASS."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    import gymnasium as gym
+    from torchrl.envs import GymWrapper
+
+    vec = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2,
+                                   autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    env = GymWrapper(vec, device="cuda")
+    td = env.reset()
+    env.reset(td.set("_reset", torch.tensor([[True], [False]], device="cuda")))
 
 
 # --------------------------------------------------------------------------- other batchings
