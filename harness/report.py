@@ -46,6 +46,8 @@ DIRECTION: dict[str, bool] = {
     "policy_time_s": False, "update_time_s": False, "peak_rss_mb": False,
 }
 FAILED = ("failed", "timeout")
+#: metrics whose value does not depend on the machine's speed: compared across hardware
+HARDWARE_FREE = frozenset({"final_return"})
 
 
 # --------------------------------------------------------------------------- reductions
@@ -125,11 +127,25 @@ def iqm_interval(*strata, confidence: float = 0.95, n_resamples: int = 2000,
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def hardware_label(cpu: str, gpu: str) -> str:
+    """What a run ran on, in words: the GPU where it used one, else the CPU model."""
+    return gpu or cpu or "unknown hardware"
+
+
+def _hardware(frame: pd.DataFrame) -> pd.Series:
+    """Per row: ``hardware_label`` of its ``cpu`` and ``gpu`` (blank in version-1 files)."""
+    return pd.Series([hardware_label(c, g) if c or g else ""
+                      for c, g in zip(frame["cpu"], frame["gpu"], strict=True)],
+                     index=frame.index, dtype=object)
+
+
 def _per_run(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs x metrics (final values), with the cell columns and the run's status."""
+    """Runs x metrics (final values), with the cell columns, the hardware and the run's
+    status."""
     finals = final_values(frame)
     wide = finals.pivot_table(index="run_id", columns="metric", values="value", aggfunc="last")
-    meta = frame.groupby("run_id")[CELL + ["seed"]].first()
+    frame = frame.assign(hardware=_hardware(frame))
+    meta = frame.groupby("run_id")[CELL + ["seed", "hardware"]].first()
     status = frame.groupby("run_id")["status"].agg(_worst).rename("status")
     error = frame.groupby("run_id")["error"].agg(lambda s: next((e for e in s if e), ""))
     return meta.join(wide).join(status).join(error.rename("error")).reset_index()
@@ -282,9 +298,15 @@ def _provenance(frame: pd.DataFrame) -> str:
         vals = sorted({str(v) for v in frame[col] if str(v)})
         return ", ".join(vals[:3]) + (f" (+{len(vals) - 3})" if len(vals) > 3 else "")
 
-    return (f"{frame['run_id'].nunique()} runs; machine {uniq('machine')}; git "
-            f"{uniq('git_sha')[:40]}; torch {uniq('torch')}, torchrl {uniq('torchrl')}, "
-            f"tensordict {uniq('tensordict')}")
+    hardware = sorted({h for h in _hardware(frame) if h})
+    line = (f"{frame['run_id'].nunique()} runs; machine {uniq('machine')}; git "
+            f"{uniq('git_sha')[:40]}; torch {uniq('torch')} (CUDA {uniq('cuda') or '?'}), "
+            f"torchrl {uniq('torchrl')}, tensordict {uniq('tensordict')}; hardware: "
+            f"{'; '.join(hardware) or 'not recorded'}")
+    if len(hardware) > 1:
+        line += (f". These results come from {len(hardware)} different hardware: throughput "
+                 f"and times of cells that ran on different hardware are not comparable")
+    return line
 
 
 # --------------------------------------------------------------------------- plots
@@ -419,13 +441,20 @@ def write_report(frame: pd.DataFrame, out_dir: Path, title: str = "rlgauge resul
 
 def compare(base: pd.DataFrame, head: pd.DataFrame, *, threshold: float = 0.10,
             metrics: tuple[str, ...] = ("train_fps", "collect_fps", "final_return",
-                                        "time_to_threshold_s")) -> pd.DataFrame:
+                                        "time_to_threshold_s"),
+            across_hardware: bool = False) -> pd.DataFrame:
     """Per (cell, metric) in both sets: median base/head, relative change (head - base) /
     |base|, its 95% interval (Welch's t interval of the difference of means, over |base|
     mean), and a verdict. A row is significantly worse when the change is worse than
     ``threshold`` in the metric's bad direction and the whole interval is on that side of 0.
     With a single run on either side the interval cannot be computed: the verdict says so and
-    the row never counts as a regression."""
+    the row never counts as a regression.
+
+    Hardware (``cpu``, and ``gpu`` for GPU runs): the ``hardware`` column names each side's;
+    where they differ, a ratio of speeds measures the machines, not the change: such rows are
+    not compared (verdict ``not compared: different hardware``, no ratio, never a regression)
+    unless ``across_hardware``, and only ``HARDWARE_FREE`` metrics (the final return) keep
+    their verdict. Rows from files without hardware (schema version 1) are compared."""
     from scipy import stats
 
     b, h = _per_run(base), _per_run(head)
@@ -436,9 +465,22 @@ def compare(base: pd.DataFrame, head: pd.DataFrame, *, threshold: float = 0.10,
         gh = h[mask]
         if gh.empty:
             continue
+        hw_b = sorted({x for x in gb["hardware"] if x})
+        hw_h = sorted({x for x in gh["hardware"] if x})
+        differs = bool(hw_b and hw_h and hw_b != hw_h)
         for metric in metrics:
             vb, vh = _values(gb, metric), _values(gh, metric)
             if not len(vb) or not len(vh):
+                continue
+            cell = {**dict(zip(CELL, key, strict=True)), "metric": metric,
+                    "base": float(np.median(vb)), "head": float(np.median(vh)),
+                    "n": f"{len(vb)}/{len(vh)}", "hardware_base": "; ".join(hw_b),
+                    "hardware_head": "; ".join(hw_h), "different_hardware": differs}
+            if differs and metric not in HARDWARE_FREE and not across_hardware:
+                rows.append({**cell, "ratio": math.nan, "change": math.nan,
+                             "ci_low": math.nan, "ci_high": math.nan,
+                             "verdict": "not compared: different hardware",
+                             "regression": False})
                 continue
             higher = DIRECTION.get(metric, True)
             mb, mh = float(np.median(vb)), float(np.median(vh))
@@ -469,12 +511,28 @@ def compare(base: pd.DataFrame, head: pd.DataFrame, *, threshold: float = 0.10,
                 else:
                     verdict = "no significant change"
                 regression = verdict == bad and worse_change > threshold
-            rows.append({**dict(zip(CELL, key, strict=True)), "metric": metric,
-                         "base": mb, "head": mh, "n": f"{len(vb)}/{len(vh)}",
-                         "ratio": mh / mb if mb > 0 and mh > 0 else math.nan,
+            if differs:
+                verdict += " (different hardware)"
+            rows.append({**cell, "ratio": mh / mb if mb > 0 and mh > 0 else math.nan,
                          "change": change, "ci_low": lo, "ci_high": hi,
                          "verdict": verdict, "regression": regression})
     return pd.DataFrame(rows)
+
+
+def hardware_note(table: pd.DataFrame) -> str:
+    """One sentence when the two sides of a ``compare`` table ran on different hardware
+    (empty otherwise)."""
+    if table.empty or not table["different_hardware"].any():
+        return ""
+    diff = table[table["different_hardware"]]
+    base = "; ".join(sorted(set(diff["hardware_base"])))
+    head = "; ".join(sorted(set(diff["hardware_head"])))
+    refused = diff["verdict"].str.startswith("not compared").any()
+    tail = (" Speeds and times of those cells are not compared (their ratio would measure the "
+            "machines); pass --across-hardware to compare them anyway." if refused else
+            " Their speeds and times are compared anyway (--across-hardware): the ratios "
+            "include the difference between the machines.")
+    return f"Different hardware: BASE ran on {base}, HEAD on {head}.{tail}"
 
 
 def compare_markdown(table: pd.DataFrame, threshold: float) -> str:
@@ -487,12 +545,14 @@ def compare_markdown(table: pd.DataFrame, threshold: float) -> str:
         "head": [f"{v:.4g}" for v in table["head"]],
         "n base/head": table["n"],
         "ratio": [_num(v, "{:.3f}") for v in table["ratio"]],
-        "change [95% CI]": [f"{c:+.1%}" + ("" if math.isnan(lo) else f" [{lo:+.1%}, {hi:+.1%}]")
+        "change [95% CI]": ["" if math.isnan(c) else
+                            f"{c:+.1%}" + ("" if math.isnan(lo) else f" [{lo:+.1%}, {hi:+.1%}]")
                             for c, lo, hi in zip(table["change"], table["ci_low"],
                                                  table["ci_high"], strict=True)],
         "verdict": [v + (" **REGRESSION**" if r else "")
                     for v, r in zip(table["verdict"], table["regression"], strict=True)],
     })
     n = int(table["regression"].sum())
-    return (view.to_markdown(index=False) + f"\n\n{n} row(s) significantly worse by more than "
-            f"{threshold:.0%}.")
+    note = hardware_note(table)
+    return ((f"{note}\n\n" if note else "") + view.to_markdown(index=False)
+            + f"\n\n{n} row(s) significantly worse by more than {threshold:.0%}.")

@@ -19,6 +19,10 @@ file intact.
 SCHEMA_VERSION history:
     1 -- initial schema (DESIGN.md columns plus ``frames``: the frame count at which a value was
          measured, empty for end-of-run scalars).
+    2 -- hardware: ``cpu`` (CPU model), ``gpu`` (the GPU the run used, empty on the CPU) and
+         ``cuda`` (the CUDA version torch was built with, ``none`` for a CPU build); ``torch``
+         is ``torch.__version__`` with its build tag (``2.11.0+cu130``), not the distribution's
+         version. Version-1 files still load: their hardware columns are empty (unknown).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ import pandas as pd
 
 from harness.errors import ResultsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAGIC = "# rlgauge-results"
 FOOTER = "# end rows="
 SUFFIX = ".csv"
@@ -55,6 +60,9 @@ COLUMNS: dict[str, str] = {
     "torch": "str",
     "torchrl": "str",
     "tensordict": "str",
+    "cpu": "str",
+    "gpu": "str",
+    "cuda": "str",
     "algorithm": "str",
     "backend": "str",
     "task": "str",
@@ -70,7 +78,11 @@ COLUMNS: dict[str, str] = {
 }
 REQUIRED = ("run_id", "timestamp", "metric", "status")
 STATUSES = ("ok", "failed", "timeout", "diverged", "skipped")
-PROVENANCE = ("timestamp", "git_sha", "machine", "torch", "torchrl", "tensordict")
+PROVENANCE = ("timestamp", "git_sha", "machine", "torch", "torchrl", "tensordict", "cpu", "cuda")
+#: columns that say what hardware a value was measured on (``gpu`` only for runs on a GPU)
+HARDWARE = ("cpu", "gpu")
+#: columns added by schema version 2 (empty when a version-1 file is loaded)
+_ADDED_IN_2 = ("cpu", "gpu", "cuda")
 
 
 # --------------------------------------------------------------------------- provenance
@@ -98,19 +110,40 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def provenance() -> dict[str, str]:
-    """Where and with what a value was measured: time (UTC), git sha, machine, library versions.
+def _torch_version() -> str:
+    """``torch.__version__``, build tag included (``2.13.0+cpu``, ``2.11.0+cu130``): the
+    distribution's metadata may drop the tag (PyPI's CUDA wheels say ``2.11.0``)."""
+    try:
+        import torch
+    except ImportError:
+        return "not installed"
+    return str(torch.__version__)
+
+
+def provenance(device: str | None = None) -> dict[str, str]:
+    """Where and with what a value was measured: time (UTC), git sha, machine, library
+    versions (torch's full version string), the CPU model, the CUDA version torch was built
+    with, and -- for a value measured on ``device`` a GPU -- that GPU's name.
 
     ``RLGAUGE_MACHINE`` and ``RLGAUGE_GIT_SHA`` override the detected machine name and sha (CI
     runners with throw-away hostnames; installs without a git checkout).
     """
+    from harness import devices
+
+    try:
+        cuda = devices.cuda_version()
+    except ImportError:
+        cuda = "none"
     return {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_sha": _git_sha(),
         "machine": os.environ.get("RLGAUGE_MACHINE") or platform.node() or "unknown",
-        "torch": _version("torch"),
+        "torch": _torch_version(),
         "torchrl": _version("torchrl"),
         "tensordict": _version("tensordict"),
+        "cpu": devices.cpu_model(),
+        "gpu": devices.device_gpu(device) if device else "",
+        "cuda": cuda,
     }
 
 
@@ -125,7 +158,12 @@ def make_records(rows: Iterable[Mapping], **context) -> pd.DataFrame:
     ``status``, ``error``); ``context`` holds the columns shared by the run (``algorithm``,
     ``backend``, ``task``, ``device``, ``num_envs``, ``seed``, ``run_id``...). Unknown keys raise.
     """
-    base = {"run_id": new_run_id(), **provenance(), "status": "ok", "error": "", "unit": ""}
+    from harness.devices import canonical
+
+    if context.get("device"):  # one name per device (harness.devices): cuda -> cuda:0
+        context = {**context, "device": canonical(context["device"])}
+    base = {"run_id": new_run_id(), **provenance(context.get("device")), "status": "ok",
+            "error": "", "unit": ""}
     base.update(context)
     frame = pd.DataFrame([{**base, **row} for row in rows], columns=list(COLUMNS))
     extra = set(base) - set(COLUMNS)
@@ -288,9 +326,9 @@ def loads(text: str, *, source: str | os.PathLike = "<string>") -> pd.DataFrame:
         version = int(header.split("schema_version=", 1)[1])
     except (IndexError, ValueError):
         raise ResultsError(source, f"malformed first line {header!r}") from None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ResultsError(source, f"schema_version {version} is not supported (this rlgauge "
-                                   f"reads {SCHEMA_VERSION})")
+                                   f"reads {', '.join(map(str, READABLE_VERSIONS))})")
     last = lines[-1] if len(lines) > 1 else ""
     if not last.startswith(FOOTER) or not last.endswith("\n"):
         raise ResultsError(source, f"truncated: the closing {FOOTER!r}N line is missing "
@@ -310,6 +348,12 @@ def loads(text: str, *, source: str | os.PathLike = "<string>") -> pd.DataFrame:
     if len(frame) != expected:
         raise ResultsError(source, f"truncated or damaged: {len(frame)} rows, the closing line "
                                    f"says {expected}")
+    if version == 1:  # hardware was not recorded: unknown
+        for col in _ADDED_IN_2:
+            if col not in frame.columns:
+                frame[col] = ""
+        frame = frame[[c for c in COLUMNS if c in frame.columns]
+                      + [c for c in frame.columns if c not in COLUMNS]]
     return validate(frame, source=source)
 
 

@@ -76,7 +76,8 @@ def test_devices_all_records_the_absent_gpu_as_skipped():
     specs, skips = matrix.expand(matrix.Grid(("ppo",), ("probe",), devices=("all",),
                                              tasks=("bandit",)))
     assert [s.device for s in specs] == ["cpu"]
-    assert [s.spec.device for s in skips] == ["cuda"] and "not present" in skips[0].reason
+    # by its canonical name (harness.devices): fails if the grid records the alias "cuda"
+    assert [s.spec.device for s in skips] == ["cuda:0"] and "not present" in skips[0].reason
 
 
 @pytest.mark.parametrize(("grid", "needle"), [
@@ -295,3 +296,43 @@ def test_compare_flags_a_significant_slowdown_only(tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = rlgauge("compare", str(tmp_path / "base"), str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "nowhere" in proc.stderr
+
+
+def test_compare_does_not_turn_a_change_of_hardware_into_a_verdict(tmp_path):
+    """Two sides on different CPU models: their speeds are not compared (no ratio, never a
+    regression) unless --across-hardware; the final return still is; the text says so; a
+    comparison of speeds only is refused with one line, exit 2. Fails if compare ignores the
+    hardware columns (a 30% slower *machine* then reads as a REGRESSION)."""
+    base = _grid_frame().assign(cpu="Intel Xeon Platinum 8375C")
+    head = _grid_frame(0.7).assign(cpu="AMD EPYC 9R14")
+    table = report.compare(base, head)
+    fps = table[table["metric"] == "train_fps"]
+    assert (fps["verdict"] == "not compared: different hardware").all()
+    assert fps["ratio"].isna().all() and not table["regression"].any()
+    ret = table[table["metric"] == "final_return"]
+    assert len(ret) and not ret["verdict"].str.startswith("not compared").any()
+    assert ret["verdict"].str.endswith("(different hardware)").all()
+    assert "BASE ran on Intel Xeon Platinum 8375C, HEAD on AMD EPYC 9R14" in \
+        report.compare_markdown(table, 0.1)
+    forced = report.compare(base, head, across_hardware=True)
+    dqn = forced[(forced["metric"] == "train_fps") & (forced["algorithm"] == "dqn")].iloc[0]
+    assert dqn["ratio"] == pytest.approx(0.7, rel=0.01) and dqn["regression"]
+    # the same GPU name and CPU on both sides: compared as before
+    same = report.compare(base, _grid_frame(0.7).assign(cpu="Intel Xeon Platinum 8375C"))
+    assert same["regression"].any()
+    # the report names the hardware, and says when there are several
+    text = report.markdown_report(pd.concat([base, head], ignore_index=True))
+    assert "2 different hardware" in text and "AMD EPYC 9R14" in text
+
+    for name, frame in (("base", base), ("head", head)):
+        results.save(frame, tmp_path / name / "r.csv")
+    proc = rlgauge("compare", str(tmp_path / "base"), str(tmp_path / "head"))
+    assert proc.returncode == 0, proc.stderr  # the final return is compared, nothing worse
+    assert "not compared: different hardware" in proc.stdout
+    proc = rlgauge("compare", str(tmp_path / "base"), str(tmp_path / "head"),
+                   "--metrics", "train_fps")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "different hardware" in lines[0]
+    proc = rlgauge("compare", str(tmp_path / "base"), str(tmp_path / "head"),
+                   "--metrics", "train_fps", "--across-hardware")
+    assert proc.returncode == 1 and "REGRESSION" in proc.stdout

@@ -49,6 +49,44 @@ def test_results_provenance_is_filled_in_automatically():
         assert frame["git_sha"].iloc[0].startswith(git.stdout.strip())
 
 
+def test_results_record_the_full_torch_build_and_the_hardware(monkeypatch):
+    """The torch column is ``torch.__version__`` with its build tag, and every record names the
+    CPU model, the CUDA version (``none`` for a CPU build) and, on a GPU, the GPU. Fails if
+    provenance reads torch's version from the distribution metadata (on a CUDA machine it said
+    ``2.11.0`` for ``2.11.0+cu130``) or leaves the hardware out."""
+    import torch
+
+    from harness import devices
+
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(devices, "cuda_count", lambda: 2)
+    monkeypatch.setattr(devices, "gpu_name", lambda i: ["NVIDIA H200", "NVIDIA A100"][i])
+    cpu = _frame()
+    assert set(cpu["torch"]) == {"2.11.0+cu130"} and set(cpu["cuda"]) == {"13.0"}
+    assert set(cpu["cpu"]) == {devices.cpu_model()} and cpu["cpu"].iloc[0] not in ("", "unknown")
+    assert set(cpu["gpu"]) == {""}  # a CPU run used no GPU
+    gpu = _frame(device="cuda")
+    assert set(gpu["device"]) == {"cuda:0"}  # one name per device (harness.devices)
+    assert set(gpu["gpu"]) == {"NVIDIA H200"}
+    assert set(_frame(device="cuda:1")["gpu"]) == {"NVIDIA A100"}
+
+
+def test_results_version_1_files_load_with_unknown_hardware(tmp_path):
+    """Files written before the hardware columns (schema version 1) still load: hardware
+    blank. Fails if the loader refuses version 1 or invents hardware for it."""
+    frame = _frame()
+    old = frame.drop(columns=["cpu", "gpu", "cuda"])
+    body = old.to_csv(index=False, lineterminator="\n")
+    path = tmp_path / "v1.csv"
+    path.write_text(f"# rlgauge-results schema_version=1\n{body}# end rows={len(old)}\n")
+    back = results.load(path)
+    assert list(back.columns) == list(results.COLUMNS)
+    assert (back[["cpu", "gpu", "cuda"]] == "").all().all()
+    pd.testing.assert_frame_equal(back.drop(columns=["cpu", "gpu", "cuda"]),
+                                  frame.drop(columns=["cpu", "gpu", "cuda"]))
+
+
 def test_results_failure_record_is_a_row_with_reason(tmp_path):
     row = results.failure_record("ValueError: boom", **CONTEXT)
     assert len(row) == 1 and row["status"].iloc[0] == "failed"
@@ -154,7 +192,7 @@ def _truncate(path, keep):
         (lambda p: p.write_text(p.read_text().replace("# end rows=4", "# end rows=9")),
          "4 rows, the closing line says 9"),
         (lambda p: p.write_text("a,b\n1,2\n"), "not an rlgauge results file"),
-        (lambda p: p.write_text(p.read_text().replace("schema_version=1", "schema_version=99")),
+        (lambda p: p.write_text(p.read_text().replace("schema_version=2", "schema_version=99")),
          "schema_version 99 is not supported"),
         (lambda p: p.write_bytes(b"\xff\xfe\x00binary"), "not a text file"),
     ],
