@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: 0.10)")
     c.add_argument("--metrics", default="train_fps,collect_fps,final_return,time_to_threshold_s",
                    help="comma-separated metrics to compare")
+    c.add_argument("--across-hardware", action="store_true",
+                   help="also compare speeds and times of cells whose two sides ran on "
+                        "different hardware (CPU model, GPU); by default they are not "
+                        "compared, and a comparison with nothing else to compare is refused")
     c.add_argument("--out", type=Path, help="also write the table to this file (atomically)")
 
     b = sub.add_parser("build-ext", help="make torchrl's C++ extension load (prioritized replay "
@@ -375,18 +379,13 @@ def cmd_train(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tqdm import tqdm
-
 
     label = f"{name} {config.backend}/{config.task} {config.device} seed {config.seed}"
-    with tqdm(total=config.frames, desc=label, unit="frame", unit_scale=True,
-              dynamic_ncols=True, file=sys.stderr) as bar:
+    with Progress(config.frames, label, "frame") as bar:
         def progress(done, total, info):
-            bar.total = total
-            bar.update(done - bar.n)
             ret = info.get("return")
-            if ret is not None and ret == ret:
-                bar.set_postfix_str(f"return {ret:.1f}")
+            bar.advance_to(done, total, f"return {ret:.1f}" if ret is not None and ret == ret
+                           else "")
 
         run = module.train(config, progress=progress)
     records = run.records
@@ -405,6 +404,73 @@ def cmd_train(args) -> int:
               f"(trained {config.frames:,} frames; the recipe's budget is {recipe.frames:,})")
     print(f"results: {path}")
     return 0
+
+
+class Progress:
+    """Progress of long work on stderr: a tqdm bar on a terminal; in a log (stderr not a
+    terminal) a few plain lines instead of a redrawn bar -- one per tenth of the work, or with
+    ``every_item`` one per finished item (the runs of a grid) -- so that a captured log stays
+    readable (a redrawn bar wrote ~650 lines into the log of one 100k-frame ``train``)."""
+
+    def __init__(self, total: int, desc: str, unit: str, *, every_item: bool = False,
+                 file=None):
+        self.total, self.desc, self.unit, self.every_item = total, desc, unit, every_item
+        self.file = file or sys.stderr
+        self.n = 0
+        self._bar = None
+        self._next_line = 0.1
+        self._start = 0.0
+        if self.file.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=not every_item,
+                             dynamic_ncols=True, file=self.file,
+                             bar_format=("{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<"
+                                         "{remaining}] {postfix}") if every_item else None)
+
+    def __enter__(self):
+        import time
+
+        self._start = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+
+    def note(self, text: str) -> None:
+        """What is going on now (the bar's postfix; not written to a log)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
+
+    def write(self, line: str) -> None:
+        """A line that must be read (a failure), above the bar or in the log."""
+        if self._bar is not None:
+            self._bar.write(line, file=self.file)
+        else:
+            print(line, file=self.file, flush=True)
+
+    def advance_to(self, n: int, total: int | None = None, note: str = "") -> None:
+        import time
+
+        if total is not None:
+            self.total = total
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.update(n - self._bar.n)
+            if note and not self.every_item:
+                self._bar.set_postfix_str(note)
+            self.n = n
+            return
+        self.n = n
+        done = n / self.total if self.total else 1.0
+        if self.every_item or done >= self._next_line or n >= self.total:
+            while self._next_line <= done:
+                self._next_line += 0.1
+            elapsed = time.monotonic() - self._start
+            print(f"{self.desc}: {n:,}/{self.total:,} {self.unit}s ({done:.0%}), "
+                  f"{elapsed:.0f} s" + (f"; {note}" if note else ""), file=self.file,
+                  flush=True)
 
 
 def _csv(text: str | None) -> list[str]:
@@ -480,8 +546,6 @@ def cmd_run(args) -> int:
 
 
 def _run_with_progress(args, specs, skips, out, workers, timeout, mem, total: int):
-    from tqdm import tqdm
-
     from harness import matrix
 
     if args.executor == "ray":
@@ -489,21 +553,19 @@ def _run_with_progress(args, specs, skips, out, workers, timeout, mem, total: in
     else:
         runner = matrix
     current: dict[str, str] = {}
-    with tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr,
-              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] "
-                         "{postfix}") as bar:
+    with Progress(total, "runs", "run", every_item=True) as bar:
         def progress(event, spec, finished, total):
             if spec is None:
-                bar.set_postfix_str("starting workers (importing torchrl once)")
+                bar.note("starting workers (importing torchrl once)")
                 return
             if event == "start":
                 current[spec.key] = spec.label()
             else:
                 current.pop(spec.key, None)
-                bar.update(1)
+                bar.advance_to(bar.n + 1, note=f"{event}: {spec.label()}")
                 if event != "ok":
                     bar.write(f"{event}: {spec.label()}")
-            bar.set_postfix_str(" | ".join(current.values())[:120])
+            bar.note(" | ".join(current.values())[:120])
 
         return runner.run_grid(specs, skips, out, workers=workers, timeout_s=timeout,
                                mem_limit_mb=mem, threads=args.threads,
@@ -537,10 +599,17 @@ def cmd_compare(args) -> int:
         if frame.empty:
             raise UsageError(f"no rlgauge results under {str(path)!r}")
         frames.append(frame)
-    table = report.compare(*frames, threshold=args.threshold, metrics=metrics)
+    table = report.compare(*frames, threshold=args.threshold, metrics=metrics,
+                           across_hardware=args.across_hardware)
     if table.empty:
         raise UsageError(f"{args.base} and {args.head} share no cell with the metrics "
                          f"{', '.join(metrics)}")
+    if table["verdict"].str.startswith("not compared").all():
+        raise UsageError(f"{args.base} and {args.head} ran on different hardware "
+                         f"({'; '.join(sorted(set(table['hardware_base'])))} vs "
+                         f"{'; '.join(sorted(set(table['hardware_head'])))}): a ratio of their "
+                         f"{', '.join(sorted(set(table['metric'])))} would measure the machines; "
+                         f"pass --across-hardware to compare them anyway")
     text = report.compare_markdown(table, args.threshold)
     print(text)
     if args.out:

@@ -62,13 +62,103 @@ def _torch() -> str:
             f"OMP_NUM_THREADS={omp}")
 
 
+def _cpu() -> str:
+    from harness import devices
+
+    return devices.cpu_model()
+
+
+def _cuda() -> str:
+    import torch
+
+    from harness import devices
+
+    if torch.version.cuda is None:
+        return "none: CPU build of torch (CUDA cases skip)"
+    n = devices.cuda_count()
+    seen = f"{n} GPU(s) visible" if n else "no GPU visible (CUDA cases skip)"
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return f"CUDA {torch.version.cuda} build, {seen}" + (f", cuDNN {cudnn}" if cudnn else "")
+
+
 def _gpus() -> str:
+    import torch
+
     from harness import devices
 
     names = devices.gpu_names()
     if not names:
         return "none (CUDA cases skip)"
-    return "; ".join(f"cuda:{i} {n}" for i, n in enumerate(names))
+    out = []
+    for i, name in enumerate(names):
+        p = torch.cuda.get_device_properties(i)
+        out.append(f"cuda:{i} {name} ({p.total_memory / 2**30:.0f} GiB, compute capability "
+                   f"{p.major}.{p.minor})")
+    return "; ".join(out)
+
+
+def _provenance() -> str:
+    """The hardware and versions every results record of a run here carries."""
+    from harness import devices, results
+
+    p = results.provenance("cuda:0" if devices.cuda_count() else "cpu")
+    return ", ".join(f"{k}={p[k] or '-'}" for k in ("machine", "torch", "cuda", "cpu", "gpu"))
+
+
+def device_gae(device: str = "cuda") -> str:
+    """A tiny GAE on ``device`` against the float64 oracle (doctor's "GAE on CUDA" row)."""
+    import torch
+
+    from harness import devices, estimators
+
+    dev = devices.check_device(device)
+    g = torch.Generator().manual_seed(0)
+    v, nv, r = (torch.randn(2, 50, 1, generator=g) for _ in range(3))
+    done = torch.rand(2, 50, 1, generator=g) < 0.1
+    want = estimators.oracle_gae(0.99, 0.95, v, nv, r, done)[0]
+    got = estimators.gae(0.99, 0.95, *(x.to(dev) for x in (v, nv, r, done)))[0]
+    devices.synchronize(dev)
+    if got.device != dev:
+        raise RuntimeError(f"GAE of {dev} inputs came back on {got.device}")
+    err = (got.double().cpu() - want).abs().max().item()
+    if not err < 1e-4:
+        raise RuntimeError(f"GAE on {dev} differs from the float64 oracle by {err:.2e}")
+    return f"GAE of 2x50 steps on {dev} matches the float64 oracle (max error {err:.1e})"
+
+
+def device_gymnasium(device: str = "cuda") -> str:
+    """A batched gymnasium env on ``device``: steps and a partial reset (the CPU simulator
+    behind ``harness.backends.SimulatorOnDevice``); doctor's "gymnasium on CUDA" row."""
+    import torch
+
+    from harness import backends
+
+    env = backends.make_env("gymnasium", "cartpole", device=device, num_envs=2, seed=0)
+    try:
+        td = env.reset()
+        for _ in range(3):
+            _, td = env.step_and_maybe_reset(env.rand_action(td))
+        mask = torch.tensor([[True], [False]], device=env.device)
+        td = env.reset(td.set("_reset", mask))
+        where = {t.device for t in td.values(True, True)}
+    finally:
+        env.close()
+    if where != {env.device}:
+        raise RuntimeError(f"env data on {', '.join(sorted(map(str, where)))}, expected "
+                           f"{env.device}")
+    return f"CartPole x2 on {env.device}: steps and a partial reset, data on {env.device}"
+
+
+def _gpu_check(fn: Callable[[], str]) -> Callable[[], str]:
+    """``fn`` where a GPU is visible; a note (not a failure) elsewhere."""
+    def check() -> str:
+        from harness import devices
+
+        if not devices.cuda_count():
+            return "skipped: no GPU visible"
+        return fn()
+
+    return check
 
 
 def _plain(module: str, dist: str) -> Callable[[], str]:
@@ -95,11 +185,15 @@ def _gae_kernel() -> str:
 
 
 def _extension() -> str:
-    from harness import torchrl_ext
+    from harness import devices, torchrl_ext
 
     st = torchrl_ext.status()
     if not st.ok:
         raise RuntimeError(f"{st.detail} -- fix: python -m harness build-ext")
+    if devices.cuda_count() and not st.cuda:
+        st = type(st)(st.ok, st.detail + " (CPU segment trees only: no CUDA segment trees; "
+                      "rebuild with nvcc on the path for prioritized replay on the GPU)",
+                      st.path, st.cuda)
     # end to end: what the extension is for
     import torch
     from torchrl.data import LazyTensorStorage, PrioritizedReplayBuffer
@@ -189,10 +283,18 @@ def _pins() -> str:
 
 
 def checks() -> list[Check]:
-    """Every row of the report, in display order."""
+    """Every row of the report, in display order. The CUDA checks are required where a GPU is
+    visible (CUDA runs need them) and skipped elsewhere."""
+    from harness import devices
+
+    try:
+        gpu = devices.cuda_count() > 0
+    except Exception:  # a broken torch: its own row says so
+        gpu = False
     return [
         _guard("python", True, _python),
         _guard("machine", True, _machine),
+        _guard("CPU", True, _cpu),
         # read before the dm_control check defaults it to egl
         Check("MUJOCO_GL", os.environ.get("MUJOCO_GL", "unset (defaults to egl: headless)"),
               True, False),
@@ -207,6 +309,10 @@ def checks() -> list[Check]:
         _guard("envpool", False, _envpool),
         _guard("pixel rendering", False, _pixels),
         _guard("pandas", True, _plain("pandas", "pandas")),
+        _guard("CUDA", False, _cuda),
         _guard("GPUs", False, _gpus),
+        _guard("GAE on CUDA", gpu, _gpu_check(device_gae)),
+        _guard("gymnasium on CUDA", gpu, _gpu_check(device_gymnasium)),
+        _guard("provenance", True, _provenance),
         _guard("pins", False, _pins),
     ]

@@ -86,8 +86,25 @@ def test_cli_doctor_reports_working_environment():
     ext = next(ln for ln in proc.stdout.splitlines() if "torchrl extension" in ln)
     assert ext.startswith("ok") and "PrioritizedReplayBuffer samples and updates" in ext
     for name in ("python", "torch", "tensordict", "torchrl", "gymnasium", "dm_control",
-                 "mujoco", "envpool", "MUJOCO_GL", "GPUs", "machine", "pixel rendering"):
+                 "mujoco", "envpool", "MUJOCO_GL", "GPUs", "machine", "pixel rendering", "CPU",
+                 "CUDA", "GAE on CUDA", "gymnasium on CUDA", "provenance"):
         assert any(ln[5:].startswith(name) for ln in proc.stdout.splitlines()), name
+    from harness import devices
+
+    prov = next(ln for ln in proc.stdout.splitlines() if ln[5:].startswith("provenance"))
+    assert f"cpu={devices.cpu_model()}" in prov and "torch=" in prov and "cuda=" in prov
+
+
+def test_doctor_device_checks_run_through_the_device_crossing(monkeypatch):
+    """doctor's "GAE on CUDA" and "gymnasium on CUDA" rows, run on the CPU through the same
+    path (the gymnasium env behind SimulatorOnDevice): they pass here and name the device.
+    Fails if the checks themselves are broken, which a GPU-less CI would otherwise never see."""
+    from harness import backends, doctor
+
+    monkeypatch.setattr(backends, "to_device", backends.on_device)
+    assert "on cpu matches the float64 oracle" in doctor.device_gae("cpu")
+    text = doctor.device_gymnasium("cpu")
+    assert "partial reset, data on cpu" in text
 
 
 def test_cli_doctor_fails_with_reason_when_a_requirement_breaks(tmp_path):
@@ -105,3 +122,52 @@ def test_cli_doctor_fails_with_reason_when_a_requirement_breaks(tmp_path):
 def test_cli_help_exits_zero(argv):
     proc = rlgauge(*argv)
     assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def _stderr_on_a_terminal(argv, timeout=300) -> str:
+    """What ``argv`` writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    # a terminal of 24 x 120 (a new pseudo-terminal is 0 x 0: tqdm would draw an empty bar)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1.0)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_cli_train_progress_is_a_bar_on_a_terminal_and_a_few_lines_in_a_log(tmp_path):
+    """Fails if the progress bar is redrawn into a log that is not a terminal (tqdm's ``\\r``
+    redraws: ~650 lines in the log of one 100k-frame train) or if a terminal loses the bar."""
+    import re
+
+    argv = [sys.executable, "-m", "harness", "train", "ppo", "--backend", "probe", "--task",
+            "bandit", "--frames", "8192", "--set", "eval_episodes=0", "--out", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [s for s in re.split(r"[\r\n]", proc.stderr) if s.strip()]
+    assert 1 <= len(lines) <= 11, lines  # one per tenth of the budget at most
+    assert "\r" not in proc.stderr and lines[-1].startswith("ppo probe/bandit cpu seed 0: 8,192/")
+    terminal = _stderr_on_a_terminal(argv)
+    assert "\r" in terminal and "8.19k/8.19k" in terminal, terminal[-500:]  # tqdm's bar
