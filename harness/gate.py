@@ -1052,7 +1052,25 @@ def export_tree(rev: str, dest: Path) -> Path:
 
 BASELINE_COLUMNS = ("benchmark", "params", "unit", "direction", "median", "spread",
                     "norm_log_mean", "norm_log_sd", "rounds", "calibration_s", "commit", "date",
-                    "torch", "torchrl", "tensordict", "version")
+                    "torch", "torchrl", "tensordict", "version", "cpu")
+#: columns a baseline saved before they existed may lack (``cpu``: the hardware is unknown)
+OPTIONAL_BASELINE_COLUMNS = ("cpu",)
+
+
+def check_baseline_hardware(baseline: Sequence[dict], path: Path, cpu: str) -> str:
+    """A note on the baseline's hardware, or ValueError (exit 2) when it was measured on
+    another CPU model than ``cpu``: calibration divides out the machine's speed on the day,
+    not a different micro-architecture, so a ratio against it would measure the CPUs."""
+    stored = sorted({r.get("cpu") or "" for r in baseline} - {""})
+    if not stored:
+        return (f"The baseline does not record its CPU (saved before rlgauge recorded "
+                f"hardware); this machine: {cpu}.")
+    if stored != [cpu]:
+        raise ValueError(f"baseline {str(path)!r} was measured on {', '.join(stored)}; this "
+                         f"machine is {cpu}: a comparison across CPU models would measure the "
+                         f"hardware; save one here with `nox -s regress -- --save-baseline "
+                         f"--baseline PATH`")
+    return f"Baseline and this run: {cpu}."
 
 
 def baseline_rows(run_: Run, side: str, commit: str) -> list[dict]:
@@ -1082,7 +1100,8 @@ def baseline_rows(run_: Run, side: str, commit: str) -> list[dict]:
             "commit": commit, "date": time.strftime("%Y-%m-%d"),
             "torch": info["versions"].get("torch", ""),
             "torchrl": info["versions"].get("torchrl", ""),
-            "tensordict": info["versions"].get("tensordict", ""), "version": meta["version"]})
+            "tensordict": info["versions"].get("tensordict", ""), "version": meta["version"],
+            "cpu": cpu_model()})
     return rows
 
 
@@ -1110,7 +1129,8 @@ def load_baseline(path: Path) -> list[dict]:
     except OSError as exc:
         raise ValueError(f"cannot read baseline {str(path)!r}: {exc.strerror}; make one with "
                          f"`nox -s regress -- --save-baseline`") from None
-    missing = set(BASELINE_COLUMNS) - set(rows[0] if rows else BASELINE_COLUMNS)
+    missing = (set(BASELINE_COLUMNS) - set(OPTIONAL_BASELINE_COLUMNS)
+               - set(rows[0] if rows else BASELINE_COLUMNS))
     if missing:
         raise ValueError(f"baseline {str(path)!r} lacks columns {sorted(missing)}")
     for row in rows:
@@ -1155,6 +1175,12 @@ def machine_name() -> str:
     import platform
 
     return os.environ.get("RLGAUGE_MACHINE") or platform.node() or "local"
+
+
+def cpu_model() -> str:
+    from harness import devices
+
+    return devices.cpu_model()
 
 
 # --------------------------------------------------------------------------- validity
@@ -1699,6 +1725,8 @@ def cmd_regress(args) -> int:
     if len(revs) > 2:
         raise ValueError(f"at most BASE and HEAD; got {len(revs)} revisions: {' '.join(revs)}")
     baseline = load_baseline(baseline_path) if args.against_baseline else None
+    hardware = (check_baseline_hardware(baseline, baseline_path, cpu_model())
+                if baseline is not None else "")
     method = Method(args.clock, args.stat, args.normalise)
     workdir = Path(tempfile.mkdtemp(prefix="rlgauge-gate-"))
     try:
@@ -1745,7 +1773,7 @@ def cmd_regress(args) -> int:
                  f"({', '.join(commits)}, {baseline_path.name})\n\n{args.rounds} rounds, "
                  f"calibration-normalised, Welch {args.confidence:.0%} interval, threshold "
                  f"{args.threshold:.0%}; {minutes}. A stored baseline was measured on another "
-                 f"day: advisory; the same-job A/B run is the gate.")
+                 f"day: advisory; the same-job A/B run is the gate. {hardware}")
         _emit(markdown(rows, title=title, confidence=args.confidence, base_label="baseline",
                        head_label=_short(head)), args.out)
         return gate_exit_code(rows)

@@ -210,6 +210,30 @@ def test_baseline_round_trip(tmp_path):
     assert rows["a"].ratio == pytest.approx(1.25, rel=0.01)
 
 
+def test_stored_baseline_from_another_cpu_model_is_refused(tmp_path):
+    """A baseline records its CPU model; measuring against one from another CPU model stops
+    with one line (exit 2) instead of reading the hardware difference as a regression, and an
+    old baseline without the column is accepted with a note. Fails if the hardware check is
+    dropped (a committed baseline measured on a Xeon would then judge an EPYC's run)."""
+    from harness import devices
+
+    r = _run({"head": {"a": NOISE}})
+    rows = gate.baseline_rows(r, "head", "abc123")
+    assert {row["cpu"] for row in rows} == {devices.cpu_model()}
+    path = tmp_path / "vm.csv"
+    gate.save_baseline(rows, path)
+    stored = gate.load_baseline(path)
+    assert "Baseline and this run" in gate.check_baseline_hardware(stored, path,
+                                                                   devices.cpu_model())
+    with pytest.raises(ValueError, match="was measured on .*this machine is Other CPU 9000"):
+        gate.check_baseline_hardware(stored, path, "Other CPU 9000")
+    old = [{k: v for k, v in row.items() if k != "cpu"} for row in stored]
+    assert "does not record its CPU" in gate.check_baseline_hardware(old, path, "Other")
+    # the committed baseline (saved before the column existed) still loads
+    committed = gate.load_baseline(gate.ROOT / "results" / "baseline" / "vm.csv")
+    assert committed and "cpu" not in committed[0]
+
+
 def test_load_baseline_names_a_missing_file(tmp_path):
     with pytest.raises(ValueError, match="cannot read baseline .*nope.csv"):
         gate.load_baseline(tmp_path / "nope.csv")
