@@ -7,6 +7,7 @@ raises: a failure becomes a row with its reason. ``required`` rows are what the 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -170,18 +171,15 @@ def _plain(module: str, dist: str) -> Callable[[], str]:
 
 
 def _gae_kernel() -> str:
-    """rlgauge's native GAE / TD(λ) kernel: cached build or not yet built (never builds here:
-    the first use compiles it, ~30-40 s)."""
+    """rlgauge's native GAE / TD(λ) kernel: cached build, its recorded self-test verdict, or not
+    yet built (never builds here: the first use compiles it, ~30-40 s, then self-tests it in a
+    child process). A failed self-test is a failed row: the slower scan is used instead."""
     from harness import gae_native
 
-    if not gae_native.enabled():
-        return f"disabled ({gae_native.ENV_SWITCH}=0): the pure-torch scan is used"
-    path = gae_native.cached_path()
-    if not path.exists():
-        return "not built yet: compiles on first use (~30-40 s, needs a C++ compiler and ninja)"
-    seconds = gae_native.recorded_build_seconds(path)
-    built = f", compiled in {seconds:.0f} s" if seconds else ""
-    return f"cached build {path.parent.name}{built}"
+    ok, line = gae_native.describe_cache()
+    if not ok:
+        raise RuntimeError(line)
+    return line
 
 
 def _extension() -> str:
@@ -189,11 +187,13 @@ def _extension() -> str:
 
     st = torchrl_ext.status()
     if not st.ok:
-        raise RuntimeError(f"{st.detail} -- fix: python -m harness build-ext")
+        fix = ("python -m harness build-ext --force (the rebuild failed its self-test: it was "
+               "not installed)" if st.selftest is not None else "python -m harness build-ext")
+        raise RuntimeError(f"{st.detail} -- fix: {fix}")
     if devices.cuda_count() and not st.cuda:
-        st = type(st)(st.ok, st.detail + " (CPU segment trees only: no CUDA segment trees; "
-                      "rebuild with nvcc on the path for prioritized replay on the GPU)",
-                      st.path, st.cuda)
+        st = dataclasses.replace(st, detail=st.detail + " (CPU segment trees only: no CUDA "
+                                 "segment trees; rebuild with nvcc on the path for prioritized "
+                                 "replay on the GPU)")
     # end to end: what the extension is for
     import torch
     from torchrl.data import LazyTensorStorage, PrioritizedReplayBuffer

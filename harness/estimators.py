@@ -25,13 +25,18 @@ Both are one reverse linear recurrence over time, x_t = b_t + c_t x_{t+1} (see
   256×2048    1.1× floor (0.5 ms)     1.0× floor (0.4 ms)     40-74× / 330-360× (loop)
   ==========  ======================  ======================  ============================
 
+  The table predates the Python input checks that now run before the kernel (bad input must
+  never reach it: ``_check_native_inputs``): ~0.05 µs per tensor attribute read, they add
+  ~1.1 µs (GAE) and ~0.8 µs (TD(λ)) per call at 1×1000 (timeit, same machine, 2026-12-04): a
+  constant per call, so ~5% of a ~21 µs GAE call at 64×1000 and ~0.2% at 256×2048.
+
   At 64×1000 the 1.4 MB working set sits in L2, where a copy streams ~85 GB/s and the kernel is
   bound by its in-register scan's shuffles (csrc/gae_kernel.h); at 256×2048 both wait on L3.
   Details and the full tables: ``results/bench/gae.md``.
 - everything else (CUDA, other dtypes, inputs that require grad, no compiler): ``*_scan``, a
   Hillis-Steele parallel scan over time in torch ops: ⌈log2 T⌉ rounds of a few element-wise
   kernels, no Python loop over time, differentiable. Also the fallback when the native build
-  fails (with one ``RuntimeWarning``).
+  fails or fails its self-test in a child process (with one ``RuntimeWarning``).
 
 Float32 inputs are computed in float32 (as torchrl does), float64 in float64 with γ and λ kept
 in float64 (torchrl rounds a Python-float γ to float32 there; see tests/test_analytical.py).
@@ -71,6 +76,8 @@ its episode or of the window, whichever comes first (so step t+N_t-1 is the last
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 
@@ -233,17 +240,86 @@ def native_available() -> bool:
     return bool(_native_module())
 
 
+# The native kernel's argument checks (``csrc/gae.cpp``: ``check_inputs``, ``normalise_time_dim``)
+# are all made here first, with the same messages: the kernel is never called with inputs it
+# would reject. A C++ exception that does not cross the extension boundary (a build whose
+# exception handling is broken: seen as a segfault with torch 2.11+cu130 and another compiler)
+# can then not be triggered by bad input. The scan raises the same messages (``_check_shapes``).
+
+SHAPE_ERR = ("All input tensors (value, reward and done states) must share a unique shape; "
+             "got {} and {}")
+ZERO_D_ERR = "rlgauge gae: inputs must have a time dimension; got a 0-d tensor"
+TIME_DIM_ERR = "rlgauge gae: time_dim={} is out of range for shape {}"
+_STRIDED = torch.strided
+_F32, _F64, _BOOL = torch.float32, torch.float64, torch.bool
+_grad_enabled = torch.is_grad_enabled
+# c10's names for scalar types, as the C++ messages print them
+_SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+                 torch.bfloat16: "BFloat16", torch.bool: "Bool", torch.uint8: "Byte",
+                 torch.int8: "Char", torch.int16: "Short", torch.int32: "Int",
+                 torch.int64: "Long"}
+
+
+def _sizes(shape) -> str:
+    """A shape as c10 prints ``IntArrayRef``: ``[2, 10, 1]``."""
+    return str(list(shape))
+
+
+def _check_time_dim(shape, time_dim: int) -> int:
+    """``time_dim`` normalised to >= 0; RuntimeError (the kernel's messages) if it cannot be."""
+    nd = len(shape)
+    if nd < 1:
+        raise RuntimeError(ZERO_D_ERR)
+    if not -nd <= time_dim < nd:
+        raise RuntimeError(TIME_DIM_ERR.format(time_dim, _sizes(shape)))
+    return time_dim % nd
+
+
 def _check_shapes(tensors: tuple[torch.Tensor, ...], time_dim: int) -> int:
     """``time_dim`` normalised to >= 0; RuntimeError (torchrl's type) on bad shapes."""
     shape = tensors[0].shape
     for x in tensors[1:]:
         if x.shape != shape:
-            raise RuntimeError("All input tensors (value, reward and done states) must share a "
-                               f"unique shape; got {tuple(shape)} and {tuple(x.shape)}")
-    nd = len(shape)
-    if not -nd <= time_dim < nd:
-        raise RuntimeError(f"time_dim={time_dim} is out of range for shape {tuple(shape)}")
-    return time_dim % nd
+            raise RuntimeError(SHAPE_ERR.format(_sizes(shape), _sizes(x.shape)))
+    return _check_time_dim(shape, time_dim)
+
+
+def _check_native_inputs(values: tuple[torch.Tensor, ...], flags: tuple[torch.Tensor, ...],
+                         time_dim) -> int:
+    """Every check ``csrc/gae.cpp`` makes with TORCH_CHECK, in its order and with its messages,
+    and those that torch makes inside it (dense layouts, flags on the values' device, an
+    integer ``time_dim``): RuntimeError here rather than a C++ exception there. Returns
+    ``time_dim`` as an int (TypeError if it is not an integer)."""
+    ref = values[0]
+    if not ref.is_cpu:
+        raise RuntimeError(f"rlgauge gae (native): CPU tensors only, got {ref.device}")
+    dtype = ref.dtype
+    if dtype is not _F32 and dtype is not _F64:
+        raise RuntimeError("rlgauge gae (native): float32 or float64 values only, got "
+                           f"{_SCALAR_NAMES.get(dtype, dtype)}")
+    shape = ref.shape
+    for x in values:
+        if x.shape != shape:
+            raise RuntimeError(SHAPE_ERR.format(_sizes(shape), _sizes(x.shape)))
+        if x.dtype is not dtype or not x.is_cpu:
+            raise RuntimeError("rlgauge gae (native): values and rewards must share one dtype "
+                               "and device")
+        if x.layout is not _STRIDED:
+            raise RuntimeError(f"rlgauge gae (native): dense tensors only, got {x.layout}")
+    for f in flags:
+        if f.shape != shape:
+            raise RuntimeError(SHAPE_ERR.format(_sizes(shape), _sizes(f.shape)))
+        if f.dtype is not _BOOL:
+            raise RuntimeError("rlgauge gae (native): done/terminated must be bool, got "
+                               f"{_SCALAR_NAMES.get(f.dtype, f.dtype)}")
+        if not f.is_cpu:
+            raise RuntimeError("rlgauge gae (native): done/terminated must be on the values' "
+                               f"device (cpu), got {f.device}")
+        if f.layout is not _STRIDED:
+            raise RuntimeError(f"rlgauge gae (native): dense tensors only, got {f.layout}")
+    time_dim = operator.index(time_dim)
+    _check_time_dim(shape, time_dim)
+    return time_dim
 
 
 def _flag(x: torch.Tensor) -> torch.Tensor:
@@ -261,15 +337,17 @@ def _scan_coefficient(c, dtype, device):
 
 def _native_for(values: tuple[torch.Tensor, ...], gamma, lmbda):
     """The native module if it applies to these inputs (CPU, float32/64, one dtype, no
-    autograd), else None. Kept lean: at 1x1000 this check costs more than the kernel."""
+    autograd), else None: the scan takes them. What the kernel would reject is then rejected by
+    ``_check_native_inputs``, before it is called. Kept lean: at 1x1000 this check costs more
+    than the kernel."""
     ref = values[0]
     dtype = ref.dtype
-    if not ref.is_cpu or (dtype is not torch.float32 and dtype is not torch.float64):
+    if not ref.is_cpu or (dtype is not _F32 and dtype is not _F64):
         return None
     for x in values:
         if x.dtype is not dtype:
             return None
-    if torch.is_grad_enabled():  # the native kernel has no backward; the scan is differentiable
+    if _grad_enabled():  # the native kernel has no backward; the scan is differentiable
         for x in (*values, gamma, lmbda):
             if isinstance(x, torch.Tensor) and x.requires_grad:
                 return None
@@ -277,22 +355,34 @@ def _native_for(values: tuple[torch.Tensor, ...], gamma, lmbda):
 
 
 def _plain_cpu_call(gamma, lmbda, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-                    done: torch.Tensor, terminated: torch.Tensor) -> bool:
-    """The common call, checked inline: float γ and λ, bool flags, CPU float32/64 values of
-    one dtype, no autograd, the native module loaded. (At 1x1000 the general checks below
-    cost ~1.3 µs more than this, a third of the call.)"""
+                    done: torch.Tensor, terminated: torch.Tensor, time_dim) -> bool:
+    """The common call, checked inline: float γ and λ, bool flags, dense CPU float32/64 values
+    of one dtype, one shape, an int ``time_dim`` in range, no autograd, the native module
+    loaded. That is all of ``_check_native_inputs``: the kernel cannot reject this call. False
+    sends it down the general path, which raises on bad input. (~1 µs of attribute reads at
+    ~0.05 µs each, of a ~4 µs call at 1x1000; the general path costs ~3 µs more.)"""
     dtype = a.dtype
+    shape = a.shape
     return (type(gamma) is float and type(lmbda) is float and bool(_native)
-            and (dtype is torch.float32 or dtype is torch.float64) and a.is_cpu
-            and b.dtype is dtype and c.dtype is dtype
-            and done.dtype is torch.bool and terminated.dtype is torch.bool
-            and not (torch.is_grad_enabled()
+            and (dtype is _F32 or dtype is _F64) and a.is_cpu and a.layout is _STRIDED
+            and type(time_dim) is int and -len(shape) <= time_dim < len(shape)
+            and (b is a or (b.dtype is dtype and b.shape == shape and b.is_cpu
+                            and b.layout is _STRIDED))
+            and c.dtype is dtype and c.shape == shape and c.is_cpu and c.layout is _STRIDED
+            and done.dtype is _BOOL and done.shape == shape and done.is_cpu
+            and done.layout is _STRIDED
+            and (terminated is done or (terminated.dtype is _BOOL and terminated.shape == shape
+                                        and terminated.is_cpu and terminated.layout is _STRIDED))
+            and not (_grad_enabled()
                      and (a.requires_grad or b.requires_grad or c.requires_grad)))
 
 
 def _native_coefficient(c, like: torch.Tensor):
-    """γ or λ for the C++ kernel: (float, None), or (0.0, per-step tensor broadcast to ``like``)."""
+    """γ or λ for the C++ kernel: (float, None), or (0.0, a dense per-step tensor broadcast to
+    ``like`` on its device; RuntimeError from torch if it does not broadcast)."""
     if isinstance(c, torch.Tensor):
+        if c.layout is not _STRIDED:
+            raise RuntimeError(f"rlgauge gae (native): dense tensors only, got {c.layout}")
         if c.numel() != 1:
             return 0.0, torch.broadcast_to(c.to(like.device), like.shape)
         return float(c), None
@@ -390,15 +480,18 @@ def gae(gamma, lmbda, state_value: torch.Tensor, next_state_value: torch.Tensor,
     """
     if terminated is None:
         terminated = done
-    if _plain_cpu_call(gamma, lmbda, state_value, next_state_value, reward, done, terminated):
+    if _plain_cpu_call(gamma, lmbda, state_value, next_state_value, reward, done, terminated,
+                       time_dim):
         return _native.gae(gamma, lmbda, None, None, state_value, next_state_value, reward, done,
                            terminated, time_dim)
-    native = _native_for((state_value, next_state_value, reward), gamma, lmbda)
+    values = (state_value, next_state_value, reward)
+    native = _native_for(values, gamma, lmbda)
     if native is not None:
+        flags = (_flag(done), _flag(terminated))
+        time_dim = _check_native_inputs(values, flags, time_dim)
         g, g_t = _native_coefficient(gamma, state_value)
         lam, l_t = _native_coefficient(lmbda, state_value)
-        return native.gae(g, lam, g_t, l_t, state_value, next_state_value, reward, _flag(done),
-                          _flag(terminated), time_dim)
+        return native.gae(g, lam, g_t, l_t, *values, *flags, time_dim)
     return gae_scan(gamma, lmbda, state_value, next_state_value, reward, done, terminated,
                     time_dim=time_dim)
 
@@ -422,14 +515,16 @@ def td_lambda_return(gamma, lmbda, next_state_value: torch.Tensor, reward: torch
     if terminated is None:
         terminated = done
     if _plain_cpu_call(gamma, lmbda, next_state_value, next_state_value, reward, done,
-                       terminated):
+                       terminated, time_dim):
         return _native.td_lambda(gamma, lmbda, None, None, next_state_value, reward, done,
                                  terminated, time_dim)
-    native = _native_for((next_state_value, reward), gamma, lmbda)
+    values = (next_state_value, reward)
+    native = _native_for(values, gamma, lmbda)
     if native is not None:
+        flags = (_flag(done), _flag(terminated))
+        time_dim = _check_native_inputs(values, flags, time_dim)
         g, g_t = _native_coefficient(gamma, next_state_value)
         lam, l_t = _native_coefficient(lmbda, next_state_value)
-        return native.td_lambda(g, lam, g_t, l_t, next_state_value, reward, _flag(done),
-                                _flag(terminated), time_dim)
+        return native.td_lambda(g, lam, g_t, l_t, *values, *flags, time_dim)
     return td_lambda_return_scan(gamma, lmbda, next_state_value, reward, done, terminated,
                                  time_dim=time_dim)

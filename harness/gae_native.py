@@ -14,16 +14,31 @@ Costs (2-core Xeon VM with AVX-512, torch 2.13.0+cpu, g++ 12, other jobs on the 
   alone compiles in ~1 s, see tests/test_gae_kernel.py);
 - cached: loading the ``.so`` takes 0.004-0.008 s, once per process;
 - ``load()`` measures both into ``status()`` (the compile time is also written next to the
-  cached build, ``build.json``); ``bench/bench_gae.py::KernelBuild`` tracks them under asv.
+  cached build, ``build.json``); ``bench/bench_gae.py::KernelBuild`` tracks the cached load
+  under asv. The compile time is information, not a gated cost (one build per torch, CPU and
+  sources): ``describe_cache()`` reports it for ``python -m harness doctor``.
 
-When the build fails (no compiler, no ninja, an unsupported platform) ``load()`` warns once
-(``RuntimeWarning``) and returns None, and ``harness.estimators`` falls back to its pure-torch
-parallel scan. ``RLGAUGE_GAE_NATIVE=0`` skips the native kernel altogether (no build, no
-warning).
+A build is trusted only after a SELF-TEST in a child process (``selftest()``: a fresh
+interpreter, with a timeout) has passed: it imports the ``.so`` by path, compares ``gae`` and
+``td_lambda`` on small random float32 and float64 inputs (dones, terminations, per-step γ and λ)
+with the pure-torch scan, and makes a call with mismatched shapes that must raise RuntimeError.
+A build whose C++ exceptions do not cross the extension boundary (seen with torch 2.11+cu130 and
+another compiler: a TORCH_CHECK became a segfault) fails it by dying. The verdict is written
+next to the cached build (``selftest.json``, with the ``.so``'s size and mtime, so a rebuild
+is tested again), so only the first process after a build pays for the child (~2-5 s here);
+``recorded_selftest()`` reads it without building or testing anything.
+
+When the build fails (no compiler, no ninja, an unsupported platform) or the self-test fails
+or its child dies, ``load()`` warns once (``RuntimeWarning``) and returns None, ``status()``
+says why (e.g. "self-test failed: child died with SIGSEGV during the bad-shape call"), and
+``harness.estimators`` falls back to its pure-torch parallel scan. A failed verdict stays
+recorded: delete ``selftest.json`` (or the build's directory) to test (or build) again.
+``RLGAUGE_GAE_NATIVE=0`` skips the native kernel altogether (no build, no warning).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -39,11 +54,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.torchrl_ext import SELFTEST_FILE, SelfTest, record_verdict, recorded_verdict
+
+__all__ = ["SELFTEST_FILE", "SelfTest", "Status", "cached_path", "describe_cache", "enabled",
+           "load", "recorded_build_seconds", "recorded_selftest", "selftest", "status"]
+
 MODULE = "_rlgauge_gae"
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("gae.cpp",)
 HEADERS = ("gae_kernel.h",)
 ENV_SWITCH = "RLGAUGE_GAE_NATIVE"
+SELFTEST_TIMEOUT_S = 180.0  # the child imports torch (1-3 s here) and runs ~30 small calls
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,7 @@ class Status:
     path: Path | None  # the cached .so
     build_seconds: float | None = None  # the compile time recorded when the cache was made
     load_seconds: float | None = None  # this process: loading (and building, if it did)
+    selftest: SelfTest | None = None  # the build's self-test verdict (None: none was made)
 
 
 _lock = threading.Lock()
@@ -157,9 +179,16 @@ def recorded_build_seconds(path: Path | None = None) -> float | None:
         return None
 
 
-def load(*, verbose: bool = False):
-    """The extension module, building it on first use; None (and one warning) if it cannot be.
+class SelfTestFailed(RuntimeError):
+    """The build's self-test failed: the module is not loaded (``status().detail`` says why)."""
 
+
+def load(*, verbose: bool = False):
+    """The extension module, building it on first use; None (and one warning) if it cannot be
+    built or its self-test fails.
+
+    A build (new, or cached without a recorded verdict) is self-tested in a child process first,
+    under the build's file lock; the module is imported here only once the verdict is a pass.
     Thread-safe; the outcome is remembered for the life of the process.
     """
     global _module, _status
@@ -173,23 +202,39 @@ def load(*, verbose: bool = False):
             return None
         t0 = time.perf_counter()
         path = None
+        verdict = None
         try:
             from harness.torchrl_ext import _lock as file_lock
 
             path = cached_path()
             with file_lock(path.with_name(".lock")):
+                built = None
                 if path.exists():
-                    _module = _import_from(path)
                     how = f"loaded from cache {path}"
                 else:
-                    _module, seconds = build(path, verbose=verbose)
+                    # cpp_extension.load imports the fresh build here; it is not used (nor
+                    # returned) unless the self-test below passes
+                    built, seconds = build(path, verbose=verbose)
                     how = f"built in {seconds:.1f} s, cached at {path}"
+                verdict = recorded_selftest(path)
+                if verdict is None:
+                    verdict = selftest(path)
+                    with contextlib.suppress(OSError):  # a read-only cache: test each process
+                        record_verdict(path, verdict)
+                    how += "; self-test passed" if verdict.ok else ""
+                if not verdict.ok:
+                    raise SelfTestFailed(f"self-test failed: {verdict.detail}")
+                _module = built if built is not None else _import_from(path)
             _status = Status(True, how, path, recorded_build_seconds(path),
-                             time.perf_counter() - t0)
-        except Exception as exc:  # no compiler, ninja, headers, ...: fall back, loudly once
-            last = (str(exc).strip().splitlines() or [""])[-1]
-            reason = f"{type(exc).__name__}: {last}"
-            _status = Status(False, reason[:300], path, None, time.perf_counter() - t0)
+                             time.perf_counter() - t0, verdict)
+        except Exception as exc:  # no compiler, ninja, headers; a failed self-test: fall back
+            if isinstance(exc, SelfTestFailed):
+                reason = str(exc)
+            else:
+                last = (str(exc).strip().splitlines() or [""])[-1]
+                reason = f"{type(exc).__name__}: {last}"
+            _status = Status(False, reason[:300], path, None, time.perf_counter() - t0,
+                             verdict)
             _module = None
             warnings.warn(f"rlgauge GAE: the native CPU kernel is unavailable ({_status.detail}); "
                           "using the pure-torch parallel scan, which is slower",
@@ -198,7 +243,131 @@ def load(*, verbose: bool = False):
 
 
 def status() -> Status:
-    """What ``load()`` did in this process (calls it if nobody has yet)."""
+    """What ``load()`` did in this process (calls it if nobody has yet): ``ok``, and in
+    ``detail`` why not ("self-test failed: child died with SIGSEGV during the bad-shape call",
+    a build error, ``RLGAUGE_GAE_NATIVE=0``) or how the module was obtained."""
     load()
     assert _status is not None
     return _status
+
+
+# --------------------------------------------------------------------------- the self-test
+
+
+def recorded_selftest(path: Path | None = None) -> SelfTest | None:
+    """The self-test verdict recorded next to a cached build (default: this machine's), or None
+    when there is none for the ``.so`` now there (never tested, or rebuilt since). Builds and
+    runs nothing: what ``python -m harness doctor`` should show."""
+    return recorded_verdict(path or cached_path())
+
+
+def describe_cache() -> tuple[bool, str]:
+    """(usable, one line) on this machine's cached build, for ``python -m harness doctor``:
+    built or not, the compile time recorded then (information, not a measurement), and the
+    recorded self-test verdict. Reads files only: never builds, loads or tests. ``usable`` is
+    False only when a recorded self-test failed (then the scan is used)."""
+    if not enabled():
+        return True, f"disabled ({ENV_SWITCH}=0): the pure-torch scan is used"
+    path = cached_path()
+    if not path.exists():
+        return True, ("not built yet: compiles on first use (~30-40 s, needs a C++ compiler and "
+                      "ninja), then self-tests in a child process")
+    seconds = recorded_build_seconds(path)
+    line = f"cached build {path.parent.name}"
+    if seconds:
+        line += f", compiled in {seconds:.0f} s"
+    verdict = recorded_selftest(path)
+    if verdict is None:
+        return True, f"{line}; not self-tested yet (the first use does it)"
+    if not verdict.ok:
+        return False, (f"{line}; self-test failed ({verdict.detail}): the pure-torch scan is "
+                       f"used (delete {path.with_name(SELFTEST_FILE)} to test again)")
+    return True, f"{line}; self-test passed"
+
+
+def selftest(path: Path, *, timeout: float | None = None) -> SelfTest:
+    """Run the self-test of the extension at ``path`` in a fresh interpreter (``sys.executable``)
+    and return its verdict; never raises for what the child does (dies, hangs, fails).
+
+    The child (``_selftest_child``) imports the module by path -- a ``.so``, or for tests any
+    file ``importlib`` can load -- and checks it against the pure-torch scan, then makes a call
+    with mismatched shapes that must raise RuntimeError.
+    """
+    from harness.torchrl_ext import child_env, run_selftest_child
+
+    code = ("import sys; from harness.gae_native import _selftest_child; "
+            "_selftest_child(sys.argv[1])")
+    ok, detail = run_selftest_child([sys.executable, "-c", code, str(path)],
+                                    timeout=timeout or SELFTEST_TIMEOUT_S,
+                                    env=child_env(**{ENV_SWITCH: "0"}))  # no load() in there
+    return SelfTest(ok, detail, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+def _selftest_child(path: str) -> None:
+    """The self-test's child process (see ``selftest``): "@stage" lines say what it is doing,
+    "@fail" why it failed (exit 1), "@ok" that all passed. Its parent names the stage a death
+    happened in."""
+    from harness.torchrl_ext import selftest_fail as fail
+    from harness.torchrl_ext import selftest_stage as stage
+
+    stage("importing torch")
+    import torch
+
+    from harness.estimators import gae_scan, td_lambda_return_scan
+
+    stage(f"loading {Path(path).name}")
+    spec = importlib.util.spec_from_file_location(MODULE, path)
+    if spec is None or spec.loader is None:
+        fail(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def compare(what, got, want, dtype):
+        got = got if isinstance(got, tuple) else (got,)
+        want = want if isinstance(want, tuple) else (want,)
+        for a, b in zip(got, want, strict=True):
+            if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+                fail(f"{what}: got {getattr(a, 'dtype', type(a))} {tuple(getattr(a, 'shape', ()))}"
+                     f", expected {b.dtype} {tuple(b.shape)}")
+            tol = (1e-4 if dtype == torch.float32 else 1e-10) * (1 + b.abs().max().item())
+            err = (a.double() - b.double()).abs().max().item() if b.numel() else 0.0
+            if not err <= tol:  # NaN fails too
+                fail(f"{what} differs from the torch scan by {err:.3g} (> {tol:.1g})")
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        name = str(dtype).removeprefix("torch.")
+        for shape, time_dim in (((3, 37, 1), -2), ((2, 5, 4, 3), 1)):
+            v, nv, r = (3 * torch.randn(shape, generator=g, dtype=dtype) for _ in range(3))
+            u = torch.rand(shape, generator=g)
+            done, term = u < 0.15, u < 0.07
+            gamma_t = (0.5 + 0.5 * torch.rand(shape, generator=g)).to(dtype)
+            lmbda_t = torch.rand(shape, generator=g).to(dtype)
+            for label, args, scan_args in (("float gamma", (0.95, 0.9, None, None), (0.95, 0.9)),
+                                           ("per-step gamma", (0.0, 0.9, gamma_t, None),
+                                            (gamma_t, 0.9)),
+                                           ("per-step gamma and lambda",
+                                            (0.0, 0.0, gamma_t, lmbda_t), (gamma_t, lmbda_t))):
+                what = f"gae {name} {label} {list(shape)}"
+                stage(what)
+                compare(what, module.gae(*args, v, nv, r, done, term, time_dim),
+                        gae_scan(*scan_args, v, nv, r, done, term, time_dim=time_dim), dtype)
+                what = f"td_lambda {name} {label} {list(shape)}"
+                stage(what)
+                compare(what, module.td_lambda(*args, nv, r, done, term, time_dim),
+                        td_lambda_return_scan(*scan_args, nv, r, done, term,
+                                              time_dim=time_dim), dtype)
+    stage("the bad-shape call")
+    v = torch.zeros(2, 10, 1)
+    d = torch.zeros(2, 10, 1, dtype=torch.bool)
+    try:
+        module.gae(0.9, 0.8, None, None, v, v[:, :5], v, d, d, -2)
+    except RuntimeError as exc:
+        if "must share a unique shape" not in str(exc):
+            fail(f"the bad-shape call raised RuntimeError({str(exc)[:100]!r}), not the shape error")
+    except Exception as exc:  # any other outcome is a failure to report
+        fail(f"the bad-shape call raised {type(exc).__name__}, not RuntimeError")
+    else:
+        fail("the bad-shape call did not raise")
+    stage("exiting")
+    print("@ok", flush=True)

@@ -6,7 +6,9 @@ here: drop-in agreement with torchrl 0.14.1 over random shapes, dtypes, done/ter
 patterns, tensor γ/λ and ``time_dim`` (hypothesis); the native kernel's SIMD edge cases (row
 lengths around the vector width, misaligned rows, I > 1 layouts, non-contiguous inputs) against
 the independent torch scan; each compiled code path of ``csrc/gae_kernel.h`` (scalar, GCC vectors,
-AVX-512) built standalone; autograd; the build cache and the fallback when the build fails.
+AVX-512) built standalone; autograd; the build cache and the fallback when the build fails;
+bad input rejected in Python before the native kernel is called; a build's self-test in a child
+process, and the fallback when it fails or its child dies.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,11 +66,17 @@ def assert_close(actual, expected, atol, what=""):
 
 @NATIVE
 def test_native_kernel_builds_and_loads():
+    """The kernel is built, cached, self-tested and loaded here. Fails if the build breaks, if
+    the compile time is not recorded, or if load() uses a build without a passing self-test
+    verdict recorded next to it."""
     assert estimators.native_available(), gae_native.status().detail
     st_ = gae_native.status()
     assert st_.ok and st_.path is not None and st_.path.exists()
     # the compile time is recorded with the cached build: > 0 s, and a build is not instant
     assert st_.build_seconds is not None and st_.build_seconds > 1.0
+    # and it was self-tested before use, the verdict recorded next to it
+    assert st_.selftest is not None and st_.selftest.ok, st_.selftest
+    assert (st_.path.parent / gae_native.SELFTEST_FILE).exists()
 
 
 @NATIVE
@@ -117,6 +126,185 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
         warnings.simplefilter("error")  # warned once above: not again
         adv, _ = gae(0.9, 0.8, v, nv, r, d, term)
     assert_close(adv, oracle_gae(0.9, 0.8, v, nv, r, d, term)[0], 1e-4, "fallback")
+
+
+# --- a build is used only after its self-test in a child process has passed ---------------
+
+# A stand-in for the compiled module, loaded by the self-test's child from a .py file: correct
+# results (the torch scan) except where MODE says otherwise. "segfault" and "abort" die on the
+# bad-shape call, like a build whose C++ exceptions do not cross the extension boundary (the
+# bug report: torch 2.11+cu130, another compiler); "silent" returns from it without raising;
+# "wrong" gets the advantage wrong by 1.
+FAKE_NATIVE = """
+import os, signal
+from harness.estimators import gae_scan, td_lambda_return_scan
+
+MODE = {mode!r}
+
+
+def _bad_shapes(*xs):
+    if all(x.shape == xs[0].shape for x in xs):
+        return False
+    if MODE == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if MODE == "abort":
+        os.abort()
+    if MODE == "silent":
+        return True
+    raise RuntimeError("All input tensors (value, reward and done states) must share a unique "
+                       "shape")
+
+
+def gae(gamma, lmbda, gamma_t, lmbda_t, v, nv, r, done, terminated, time_dim):
+    if _bad_shapes(v, nv, r, done, terminated):
+        return v, v
+    adv, target = gae_scan(gamma if gamma_t is None else gamma_t,
+                           lmbda if lmbda_t is None else lmbda_t, v, nv, r, done, terminated,
+                           time_dim=time_dim)
+    return (adv + 1 if MODE == "wrong" else adv), target
+
+
+def td_lambda(gamma, lmbda, gamma_t, lmbda_t, nv, r, done, terminated, time_dim):
+    if _bad_shapes(nv, r, done, terminated):
+        return nv
+    return td_lambda_return_scan(gamma if gamma_t is None else gamma_t,
+                                 lmbda if lmbda_t is None else lmbda_t, nv, r, done, terminated,
+                                 time_dim=time_dim)
+"""
+
+
+def fake_native(tmp_path: Path, mode: str) -> Path:
+    path = tmp_path / f"fake_native_{mode}.py"
+    path.write_text(FAKE_NATIVE.format(mode=mode))
+    return path
+
+
+@pytest.fixture
+def fresh_native_state(monkeypatch, tmp_path):
+    """An empty cache (``RLGAUGE_CACHE_DIR``) and no load() outcome yet in this process;
+    monkeypatch puts the module-level state back afterwards, so other tests keep the real
+    kernel."""
+    monkeypatch.setenv("RLGAUGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(gae_native.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(gae_native, "_status", None)
+    monkeypatch.setattr(gae_native, "_module", None)
+    monkeypatch.setattr(estimators, "_native", None)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("segfault", "child died with SIGSEGV during the bad-shape call"),
+    ("silent", "the bad-shape call did not raise"),
+    ("wrong", "gae float32 float gamma [3, 37, 1] differs from the torch scan by 1 "),
+])
+def test_selftest_rejects_a_broken_build(mode, reason, tmp_path):
+    """The self-test's verdict on builds that die on bad input, let it pass, or compute wrong
+    results. Fails if the self-test stops making the bad-shape call, stops checking that it
+    raises, stops comparing results with the scan, or stops naming the stage a child died in
+    (or if ``gae_native.selftest`` is removed: today's code has none)."""
+    verdict = gae_native.selftest(fake_native(tmp_path, mode))
+    assert not verdict.ok
+    assert verdict.detail.startswith(reason), verdict.detail
+
+
+def test_selftest_passes_a_correct_module(tmp_path):
+    """The control for the test above: a module that is right and raises on bad shapes
+    passes. Fails if the self-test rejects correct modules (then no build would ever be used)."""
+    verdict = gae_native.selftest(fake_native(tmp_path, "good"))
+    assert verdict.ok and verdict.detail == "passed", verdict.detail
+
+
+@NATIVE
+def test_selftest_passes_the_real_build():
+    """The compiled kernel passes its own self-test, here. Fails if the self-test's child
+    breaks (an import, a comparison, a tolerance) while an old passing verdict hides it in the
+    cache."""
+    assert estimators.native_available(), gae_native.status().detail
+    verdict = gae_native.selftest(gae_native.cached_path())
+    assert verdict.ok, verdict.detail
+    recorded = gae_native.recorded_selftest()
+    assert recorded is not None and recorded.ok
+    assert gae_native.status().selftest is not None and gae_native.status().selftest.ok
+
+
+def test_build_failing_its_selftest_is_not_used(fresh_native_state, tmp_path):
+    """A cached build whose self-test child dies (SIGSEGV on the bad-shape call) is never
+    imported: load() returns None with one RuntimeWarning, status() names the reason, the
+    verdict is recorded next to the build and reused by the next process (no second child),
+    and gae() gives the right answer through the scan.
+
+    Fails if load() imports a cached build without self-testing it (today's code), if it uses
+    a build whose verdict failed, if it warns more than once, or if the verdict is not
+    recorded (the "next process" would run the self-test again)."""
+    monkeypatch = fresh_native_state
+    so = gae_native.cached_path()
+    so.parent.mkdir(parents=True)
+    so.write_bytes(b"\x7fELF stand-in for a build")  # the cache is warm: no compile
+
+    def must_not_build(dest, *, verbose=False):
+        raise AssertionError("a cached build was rebuilt")
+
+    def must_not_import(path):
+        raise AssertionError(f"{path} was imported before its self-test passed")
+
+    real_selftest = getattr(gae_native, "selftest", None)  # None in today's code
+    tested = []
+
+    def selftest_of_a_crashing_build(path, **kw):
+        tested.append(path)
+        return real_selftest(fake_native(tmp_path, "segfault"), **kw)
+
+    monkeypatch.setattr(gae_native, "build", must_not_build)
+    monkeypatch.setattr(gae_native, "_import_from", must_not_import)
+    # raising=False: today's code has no selftest() (and imports the build untested)
+    monkeypatch.setattr(gae_native, "selftest", selftest_of_a_crashing_build, raising=False)
+    reason = "self-test failed: child died with SIGSEGV during the bad-shape call"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not estimators.native_available()
+        assert gae_native.load() is None
+        v, nv, r, d, term = inputs(11, (2, 9, 1))
+        adv, _ = gae(0.9, 0.8, v, nv, r, d, term)
+    assert [str(w.message) for w in caught if w.category is RuntimeWarning] == [
+        f"rlgauge GAE: the native CPU kernel is unavailable ({reason}); using the pure-torch "
+        "parallel scan, which is slower"]
+    assert tested == [so]
+    st_ = gae_native.status()
+    assert not st_.ok and st_.detail == reason
+    assert st_.selftest is not None and not st_.selftest.ok
+    assert_close(adv, oracle_gae(0.9, 0.8, v, nv, r, d, term)[0], 1e-4, "fallback")
+    recorded = gae_native.recorded_selftest(so)
+    assert recorded is not None and not recorded.ok and reason.endswith(recorded.detail)
+    assert (so.parent / gae_native.SELFTEST_FILE).exists()
+
+    # the next process reads the verdict: no child, still not imported, one warning again
+    monkeypatch.setattr(gae_native, "_status", None)
+    monkeypatch.setattr(gae_native, "_module", None)
+    monkeypatch.setattr(estimators, "_native", None)
+    with pytest.warns(RuntimeWarning, match="child died with SIGSEGV during the bad-shape call"):
+        assert gae_native.load() is None
+    assert tested == [so] and gae_native.status().detail == reason
+
+    # a rebuild (another .so at the same key) is not judged by the old verdict
+    so.write_bytes(b"\x7fELF another stand-in, another size")
+    assert gae_native.recorded_selftest(so) is None
+
+
+def test_disabled_native_kernel_skips_the_selftest(fresh_native_state):
+    """``RLGAUGE_GAE_NATIVE=0``: no build, no self-test, no warning. Fails if the switch stops
+    short-circuiting load()."""
+    monkeypatch = fresh_native_state
+    monkeypatch.setenv(gae_native.ENV_SWITCH, "0")
+
+    def boom(*a, **k):
+        raise AssertionError("called with the native kernel disabled")
+
+    monkeypatch.setattr(gae_native, "build", boom)
+    monkeypatch.setattr(gae_native, "selftest", boom, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gae_native.load() is None
+    assert gae_native.status().detail == f"disabled by {gae_native.ENV_SWITCH}=0"
 
 
 # --- each compiled path of gae_kernel.h, built standalone --------------------------------------
@@ -258,6 +446,8 @@ def test_terminated_defaults_to_done():
 
 
 def test_bad_shapes_raise_like_torchrl():
+    """Fails if a shape or ``time_dim`` error stops being a RuntimeError (torchrl's type), on
+    whichever path runs here (the native kernel where a compiler is, else the scan)."""
     v, nv, r, d, term = inputs(3, (2, 10, 1))
     with pytest.raises(RuntimeError, match="must share a unique shape"):
         gae(0.9, 0.8, v, nv[:, :5], r, d, term)
@@ -265,6 +455,124 @@ def test_bad_shapes_raise_like_torchrl():
         td_lambda_return(0.9, 0.8, nv, r, d[:1], term)
     with pytest.raises(RuntimeError, match="out of range"):
         gae(0.9, 0.8, v, nv, r, d, term, time_dim=3)
+
+
+class NativeCalled(Exception):
+    """Raised by the stand-in native module: the kernel was called. Not a RuntimeError, so a
+    test expecting the Python check's RuntimeError cannot mistake one for the other."""
+
+
+class RecordingNative:
+    """Stands in for the compiled module in ``estimators._native``: records each call and
+    raises ``NativeCalled`` (a real kernel might not survive the bad input)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def gae(self, *args):
+        self.calls.append(("gae", args))
+        raise NativeCalled("the native gae was called")
+
+    def td_lambda(self, *args):
+        self.calls.append(("td_lambda", args))
+        raise NativeCalled("the native td_lambda was called")
+
+
+@pytest.fixture
+def recording_native(monkeypatch):
+    fake = RecordingNative()
+    monkeypatch.setattr(estimators, "_native", fake)
+    return fake
+
+
+def _bad_input_cases():
+    """(id, fn, args, kwargs, message regex) for bad calls of gae / td_lambda_return."""
+    v, nv, r, d, term = inputs(12, (2, 10, 1))
+    shape = r"must share a unique shape; got \[2, 10, 1\] and "
+    scalar = [torch.tensor(1.0)] * 3 + [torch.tensor(False)] * 2
+    meta = torch.device("meta")
+    return [
+        ("gae-values", gae, (v, nv[:, :5], r, d, term), {}, shape + r"\[2, 5, 1\]$"),
+        ("gae-done", gae, (v, nv, r, d[:1], term), {}, shape + r"\[1, 10, 1\]$"),
+        ("gae-terminated", gae, (v, nv, r, d, term[:, :, :0]), {}, shape + r"\[2, 10, 0\]$"),
+        ("td-reward", td_lambda_return, (nv, r[:, 1:], d, term), {}, shape + r"\[2, 9, 1\]$"),
+        ("td-terminated", td_lambda_return, (nv, r, d, term[:1]), {}, shape + r"\[1, 10, 1\]$"),
+        ("gae-time_dim", gae, (v, nv, r, d, term), {"time_dim": 3},
+         r"^rlgauge gae: time_dim=3 is out of range for shape \[2, 10, 1\]$"),
+        ("td-time_dim", td_lambda_return, (nv, r, d, term), {"time_dim": -4},
+         r"^rlgauge gae: time_dim=-4 is out of range for shape \[2, 10, 1\]$"),
+        ("gae-0d", gae, tuple(scalar), {},
+         r"^rlgauge gae: inputs must have a time dimension; got a 0-d tensor$"),
+        ("td-0d", td_lambda_return, tuple(scalar[1:]), {},
+         r"^rlgauge gae: inputs must have a time dimension; got a 0-d tensor$"),
+        # not checked by gae.cpp before this change: the CPU kernel would read device memory
+        ("gae-done-device", gae, (v, nv, r, d.to(meta), term), {},
+         r"done/terminated must be on the values' device \(cpu\), got meta"),
+        ("gae-value-device", gae, (v, nv.to(meta), r, d, term), {},
+         r"values and rewards must share one dtype and device"),
+        ("td-sparse", td_lambda_return, (nv.to_sparse(), r.to_sparse(), d, term), {},
+         r"dense tensors only"),
+    ]
+
+
+BAD_INPUT_CASES = _bad_input_cases()
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+@pytest.mark.parametrize(("fn", "args", "kwargs", "message"),
+                         [case[1:] for case in BAD_INPUT_CASES],
+                         ids=[case[0] for case in BAD_INPUT_CASES])
+def test_bad_input_is_rejected_before_the_native_kernel(recording_native, path, fn, args,
+                                                        kwargs, message):
+    """Bad shapes, ``time_dim``, 0-d inputs, devices and layouts raise RuntimeError with
+    gae.cpp's (torchrl-like) messages in Python, and the native module is never called, on the
+    fast path (float γ, λ: ``_plain_cpu_call``) and the general path (a tensor γ:
+    ``_native_for`` and ``_check_native_inputs``). A C++ exception that does not cross the
+    extension boundary (the bug report's segfault) can then not be triggered by bad input.
+
+    Fails if the Python shape / time_dim / 0-d / device / layout checks are removed from
+    ``_plain_cpu_call`` (the call reaches the kernel: NativeCalled) or from
+    ``_check_native_inputs`` (the general path), or if their messages change."""
+    gamma = 0.9 if path == "fast" else torch.tensor(0.9)
+    with pytest.raises(RuntimeError, match=message):
+        fn(gamma, 0.8, *args, **kwargs)
+    assert recording_native.calls == []
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_good_input_reaches_the_native_kernel(recording_native, path):
+    """The control for the test above: with good input both paths call the kernel (so that
+    test cannot pass by never calling it). Fails if the fast or general path stops dispatching
+    to the native module."""
+    v, nv, r, d, term = inputs(13, (2, 10, 1))
+    gamma = 0.9 if path == "fast" else torch.tensor(0.9)
+    with pytest.raises(NativeCalled):
+        gae(gamma, 0.8, v, nv, r, d, term)
+    with pytest.raises(NativeCalled):
+        td_lambda_return(gamma, 0.8, nv, r, d, term, time_dim=1)
+    assert [name for name, _ in recording_native.calls] == ["gae", "td_lambda"]
+
+
+@NATIVE
+@pytest.mark.parametrize(("fn", "args", "kwargs", "message"),
+                         [case[1:] for case in BAD_INPUT_CASES if "sparse" not in case[0]],
+                         ids=[case[0] for case in BAD_INPUT_CASES if "sparse" not in case[0]])
+def test_python_checks_say_what_the_kernel_says(fn, args, kwargs, message):
+    """The Python checks raise gae.cpp's messages word for word: the same bad call straight
+    into the compiled module (its TORCH_CHECKs, the second line of defence) raises the same
+    text. Fails if a message drifts on either side, or if a TORCH_CHECK is removed from
+    gae.cpp (the direct call then does not raise)."""
+    native = gae_native.load()
+    assert native is not None, gae_native.status().detail
+    with pytest.raises(RuntimeError, match=message) as in_python:
+        fn(0.9, 0.8, *args, **kwargs)
+    time_dim = kwargs.get("time_dim", -2)
+    with pytest.raises(RuntimeError) as in_cpp:
+        if fn is gae:
+            native.gae(0.9, 0.8, None, None, *args, time_dim)
+        else:
+            native.td_lambda(0.9, 0.8, None, None, *args, time_dim)
+    assert str(in_python.value) == str(in_cpp.value)
 
 
 def test_integer_flags_count_as_bool():
@@ -427,13 +735,21 @@ def test_gradients_flow_and_match_torchrl():
 
 
 def test_device_results_match_cpu(device):
+    """rlgauge's kernels on an accelerator (the torch scan) against the CPU (the native kernel
+    where a compiler is). Only CUDA has something to compare: the CPU case would compare the CPU
+    with itself, so it skips. Fails on CUDA if the scan there drifts from the CPU result."""
+    if device.type == "cpu":
+        pytest.skip("device parity: CPU against CPU compares nothing; this runs on CUDA only")
     v, nv, r, d, term = inputs(10, (4, 129, 1))
     cpu = gae(0.99, 0.95, v, nv, r, d, term)
     on = gae(0.99, 0.95, *(x.to(device) for x in (v, nv, r, d, term)))
     assert on[0].device.type == device.type
-    # float32 on both sides, different summation order: within 1e-4 (values ≤ 10, γλ = 0.94)
+    # float32 on both sides, different summation orders (the native kernel's in-register scan,
+    # the torch scan's log2(T) rounds): measured on the CPU, native against the torch scan on
+    # these inputs (seeds 10-13): 0.5-1.1e-5, where |A| reaches 70-120 and a float32 ulp is
+    # 7.6e-6 (values <= 10, γλ = 0.94); 1e-4 leaves ~10x room for CUDA's own rounding (FMA)
     for a, b in zip(on, cpu, strict=True):
-        assert_close(a.cpu(), b, 1e-3, str(device))
+        assert_close(a.cpu(), b, 1e-4, str(device))
     td = td_lambda_return(torch.tensor(0.99, device=device), 0.95,
                           *(x.to(device) for x in (nv, r, d, term)))
-    assert_close(td.cpu(), td_lambda_return(0.99, 0.95, nv, r, d, term), 1e-3, "td(λ)")
+    assert_close(td.cpu(), td_lambda_return(0.99, 0.95, nv, r, d, term), 1e-4, "td(λ)")

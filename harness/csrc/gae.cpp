@@ -1,8 +1,12 @@
 // rlgauge's fused CPU GAE / TD(lambda) kernels: the torch binding of gae_kernel.h.
 //
-// Shapes, dtypes and the time dimension are checked here; the kernels see contiguous
-// [O, T, I] blocks (see gae_kernel.h) and run over O in parallel (at::parallel_for, which
-// follows torch.get_num_threads()).
+// Shapes, dtypes, devices and the time dimension are checked here, as a second line of defence:
+// harness/estimators.py makes every one of these checks first, in Python, with the same
+// messages, so bad input never depends on a C++ exception crossing the extension boundary (with
+// torch 2.11+cu130 and another compiler one did not: a TORCH_CHECK became a segfault), and
+// harness/gae_native.py self-tests each build in a child process before using it. The kernels
+// see contiguous [O, T, I] blocks (see gae_kernel.h) and run over O in parallel
+// (at::parallel_for, which follows torch.get_num_threads()).
 //
 // Outputs of 64 KiB and more come from a small pool of reusable blocks (the idea of torch's CUDA
 // caching allocator): a block returns to the pool when the last tensor using it dies, and the
@@ -154,12 +158,17 @@ void check_inputs(std::initializer_list<at::Tensor> values,
                 "got ", ref.sizes(), " and ", f.sizes());
     TORCH_CHECK(f.scalar_type() == at::kBool, "rlgauge gae (native): done/terminated must be "
                 "bool, got ", f.scalar_type());
+    // the kernel reads the flags on the CPU: a CUDA flag tensor would be a device pointer
+    TORCH_CHECK(f.device() == ref.device(), "rlgauge gae (native): done/terminated must be on "
+                "the values' device (", ref.device(), "), got ", f.device());
   }
 }
 
 // A per-step coefficient as a contiguous tensor of the values' shape and dtype (or undefined).
 at::Tensor coefficient(const c10::optional<at::Tensor>& c, const at::Tensor& like) {
   if (!c.has_value() || !c->defined()) return at::Tensor();
+  TORCH_CHECK(c->device() == like.device(), "rlgauge gae (native): per-step gamma/lambda must "
+              "be on the values' device (", like.device(), "), got ", c->device());
   return c->to(like.scalar_type()).expand(like.sizes()).contiguous();
 }
 
