@@ -8,8 +8,14 @@ the shares, which are informational.
 
 ``PPOCollection`` measures, in the same process and interleaved, a bare torchrl ``Collector``
 with PPO's policy and env batch and the collection phase of the reference PPO (its policy
-wrapped in ``TimedPolicy``): the ratio bare/reference time per frame
-must stay >= 0.9 (the reference costs at most ~11% more per collected frame).
+wrapped in ``TimedPolicy``): the ratio bare/reference time per frame, for information only.
+Nothing asserts a bound on it and the gate does not gate its unit ``ratio``: a wall-clock
+ratio on the shared 2-core VM moves by several percent from run to run (one run of
+``track_bare_over_reference_speed`` there, load ~1.5: 1.05; README: 0.97, and 0.85 with
+torchrl's per-step ``RewardSum``), too close to a useful bound for a reliable test. The
+"(>= 0.9)" in that method's docstring is the design target it was written for; it stays
+there because editing the method's source would start a new asv series (asv versions a
+benchmark by a hash of its source).
 """
 
 from __future__ import annotations

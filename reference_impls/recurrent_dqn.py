@@ -445,6 +445,16 @@ def make_loss(config: Config, loss_qnet, env):
     return loss
 
 
+def make_target_updater(config: Config, loss_module):
+    """The target network's updater: hard copies every ``target_update_interval`` gradient
+    steps (``HardUpdate`` copies on every (interval + 1)-th ``step()``: it is given the
+    interval - 1, as ``reference_impls.dqn`` does), or soft updates."""
+    if config.target_update == "soft":
+        return SoftUpdate(loss_module, tau=config.tau)
+    interval = max(config.target_update_interval - 1, 0)
+    return HardUpdate(loss_module, value_network_update_interval=interval)
+
+
 def make_buffer(config: Config):
     """Sequence replay: padded, masked slices of ``slice_len`` steps within one trajectory, in
     memory on the device or memory-mapped (``storage``)."""
@@ -492,11 +502,7 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
     qnet, loss_qnet = make_modules(config, env)
     add_primers(env, qnet)
     loss_module = make_loss(config, loss_qnet, env)
-    if config.target_update == "soft":
-        target_updater = SoftUpdate(loss_module, tau=config.tau)
-    else:
-        target_updater = HardUpdate(loss_module,
-                                    value_network_update_interval=config.target_update_interval)
+    target_updater = make_target_updater(config, loss_module)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
     buffer = make_buffer(config)
     keep = transition_keys(config)

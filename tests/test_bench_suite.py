@@ -252,14 +252,35 @@ def loss_batches():
     return _module("bench_losses").make_batches(frames=256)
 
 
+#: hard target-update interval of the compared DQN configs: the defaults (128 gradient steps)
+#: lie far beyond the compared updates, which would leave the floor's target copy unchecked
+COMPARED_TARGET_INTERVAL = 2
+COMPARED_UPDATES = 6  # 3 target copies at interval 2
+
+
 @pytest.mark.parametrize("algorithm", ["ppo", "dqn", "ddpg", "recurrent_dqn", "recurrent_ppo"])
-def test_hand_loss_floor_computes_the_reference_loss(algorithm, loss_batches):
-    """The losses' floor is the same computation: equal loss before and after 3 updates from
-    the same initial weights. Recurrent PPO's floor does not restart its LSTMs at episode starts
-    inside a chunk (a documented lower bound), so it only agrees to ~1%."""
+def test_hand_loss_floor_computes_the_reference_loss(algorithm, loss_batches, monkeypatch):
+    """The losses' floor is the same computation: equal loss before and after each of 6 updates
+    from the same initial weights, the DQNs' hard target update shrunk to every 2 gradient
+    steps so that 3 target copies (DDPG: a soft update per step) happen inside the compared
+    updates. Recurrent PPO's floor does not restart its LSTMs at episode starts inside a chunk
+    (a documented lower bound), so it only agrees to ~1%. Fails if the floor's target update
+    drifts from the reference's: ``hand_case``'s ``hard_update`` copying one step late
+    (``steps[0] % (period + 1)``), never, or at every step (each tried: DQN and recurrent DQN
+    fail after 1-3 updates). It found the recurrent DQN floor copying every 2 steps where the
+    reference's ``HardUpdate(interval)`` copies every 3 (``bench_losses._hard_update_interval``)."""
     import torch
 
     bench = _module("bench_losses")
+    config_of = bench._config
+
+    def compared_config(algorithm, device="cpu"):
+        config = config_of(algorithm, device)
+        if hasattr(config, "target_update_interval"):
+            config = config.replace(target_update_interval=COMPARED_TARGET_INTERVAL)
+        return config
+
+    monkeypatch.setattr(bench, "_config", compared_config)
     data = bench.rows(loss_batches[algorithm], 256)
     cpu = torch.device("cpu")
     torch.manual_seed(0)
@@ -267,12 +288,13 @@ def test_hand_loss_floor_computes_the_reference_loss(algorithm, loss_batches):
     torch.manual_seed(0)
     floor = bench.hand_case(algorithm, data, cpu)
     rel = 1e-2 if algorithm == "recurrent_ppo" else 1e-5
-    for _ in range(2):
-        want, got = float(reference.forward()), float(floor.forward())
-        assert got == pytest.approx(want, rel=rel), f"floor {got} vs torchrl {want}"
-        for _ in range(3):
+    for update in range(COMPARED_UPDATES + 1):
+        if update:
             reference.update()
             floor.update()
+        want, got = float(reference.forward()), float(floor.forward())
+        assert got == pytest.approx(want, rel=rel), (
+            f"after {update} updates: floor {got} vs torchrl {want}")
 
 
 def test_slice_floor_draws_whole_slices_within_one_episode():

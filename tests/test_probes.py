@@ -1,5 +1,6 @@
 """Probe envs: their closed forms hold, they seed, batch, reset partially, and pass torchrl's
-spec check on every device (CUDA skipped where absent)."""
+spec check on every device (CUDA skipped where absent); on CUDA they match the CPU probes (a
+parity test that needs a GPU skips without one rather than compare the CPU with itself)."""
 
 from __future__ import annotations
 
@@ -134,11 +135,19 @@ def test_done_is_terminated_or_truncated(task, device):
 # --- closed forms ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("gamma", [0.0, 0.9, 1.0])
-@pytest.mark.parametrize("task", TASK_NAMES)
+def finite_cases(tasks, gammas):
+    """(task, γ) cases whose value is finite: constant-truncated's continuing value
+    1 / (1 - γ) is infinite at γ = 1, so that pair is not generated (its rejection is
+    ``test_closed_form_helpers_reject_bad_gamma``)."""
+    return [pytest.param(task, gamma, id=f"{task}-{gamma}") for task in tasks for gamma in gammas
+            if not (task == "constant-truncated" and gamma == 1.0)]
+
+
+@pytest.mark.parametrize(("task", "gamma"), finite_cases(TASK_NAMES, [0.0, 0.9, 1.0]))
 def test_closed_form_value_matches_discounted_return(task, gamma, device):
-    if task == "constant-truncated" and gamma == 1.0:
-        pytest.skip("1 / (1 - γ) is infinite at γ = 1")
+    """Every probe's ``closed_form_value`` is the discounted return its optimal policy gets.
+    Fails if a closed form is off by a step, e.g. ``LastReward.closed_form_value`` returning
+    γ^H instead of γ^(H-1)."""
     env = probes.make(task, num_envs=64, device=device, seed=1)
     H = env.horizon
     data = rollout(env, 3 * H, optimal_policy(env))  # three whole episodes in every sub-env
@@ -157,11 +166,11 @@ def test_closed_form_value_matches_discounted_return(task, gamma, device):
     assert torch.allclose(starts, torch.full_like(starts, expected), atol=1e-6), (task, expected)
 
 
-@pytest.mark.parametrize("gamma", [0.5, 0.9, 1.0])
-@pytest.mark.parametrize("task", ACTION_INDEPENDENT)
+@pytest.mark.parametrize(("task", "gamma"), finite_cases(ACTION_INDEPENDENT, [0.5, 0.9, 1.0]))
 def test_value_of_every_observation(task, gamma, device):
-    if task == "constant-truncated" and gamma == 1.0:
-        pytest.skip("1 / (1 - γ) is infinite at γ = 1")
+    """``value(obs, γ)`` is the discounted return from every observation of a rollout. Fails if
+    a value is off by a step, e.g. ``ConstantTerminated.value`` counting ``H - t + 1``
+    remaining rewards."""
     env = probes.make(task, num_envs=8, device=device, seed=2)
     H = env.horizon
     data = rollout(env, 2 * H)  # random actions: these probes ignore them
@@ -371,8 +380,25 @@ def test_auto_reset_in_rollout_restarts_only_finished_sub_envs(device):
 # --- devices -----------------------------------------------------------------------------
 
 
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu)])
+def cuda_device(request):
+    """The CUDA device only: a parity test against the CPU run on the CPU would compare the CPU
+    with itself, so where there is no GPU it skips (with that reason) instead."""
+    if not torch.cuda.is_available():
+        pytest.skip("device parity needs a GPU: on the CPU it would compare the CPU with itself")
+    from harness.devices import check_device
+
+    return check_device(request.param)
+
+
 @pytest.mark.parametrize("task", TASK_NAMES)
-def test_device_parity_with_cpu(task, device):
+def test_device_parity_with_cpu(task, cuda_device):
+    """Every probe on CUDA keeps its outputs on CUDA and matches the CPU probe (all values for
+    the deterministic probes, the episode ends and the memory probe's rewards for the random
+    ones). Fails if a probe keeps a tensor on the CPU when built for CUDA (e.g. ``Bandit._means``
+    made without ``device=self.device``: indexing it with the CUDA action raises) or if its
+    values or episode ends depend on the device. Needs a GPU: not tried where it was written."""
+    device = cuda_device
     env = probes.make(task, num_envs=32, device=device, seed=0)
     data = rollout(env, 10, optimal_policy(env))
     for key, value in data.items(include_nested=True, leaves_only=True):

@@ -225,12 +225,27 @@ def test_specs_step_and_maybe_reset_resets_only_finished(envs, backend, task):
 # --------------------------------------------------------------------------- devices
 
 
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu)])
+def cuda_device(request):
+    """The CUDA device only: a parity test against the CPU run on the CPU would compare the CPU
+    with itself, so where there is no GPU it skips (with that reason) instead."""
+    if not torch.cuda.is_available():
+        pytest.skip("device parity needs a GPU: on the CPU it would compare the CPU with itself")
+    from harness.devices import check_device
+
+    return check_device(request.param)
+
+
 @pytest.mark.parametrize("backend,task", PROBES)
-def test_specs_probe_device_parity(device, backend, task):
-    """The probe on ``device`` has the CPU probe's specs and episode structure (its random
-    draws come from a generator of that device, so only those values may differ)."""
+def test_specs_probe_device_parity(cuda_device, backend, task):
+    """The probe on CUDA has the CPU probe's specs and episode structure (its random draws
+    come from a generator of that device, so only those values may differ). Fails if
+    ``make_env`` drops the device for a probe (a CPU env: ``dev.device == device`` fails) or
+    a probe's specs or episode ends differ on CUDA. Needs a GPU: not tried where it was
+    written."""
     from torchrl.envs.utils import check_env_specs
 
+    device = cuda_device
     cpu = backends.make_env(backend, task, num_envs=BATCH, seed=0)
     dev = backends.make_env(backend, task, num_envs=BATCH, seed=0, device=device)
     check_env_specs(dev, seed=0)
@@ -248,9 +263,24 @@ def test_specs_probe_device_parity(device, backend, task):
         assert torch.equal(a["next", key], b["next", key].cpu())  # fixed horizons: same ends
 
 
+@pytest.mark.parametrize("sim_device", [
+    pytest.param("cpu", marks=pytest.mark.gpu), "crossing",
+    pytest.param("cuda", marks=pytest.mark.gpu)], indirect=True)
 @pytest.mark.parametrize("backend", ["gymnasium", "dm_control", "envpool"])
-def test_specs_cpu_simulator_output_on_device(sim_device, backend):
-    """CPU simulators hand their outputs over on the requested device."""
+def test_specs_cpu_simulator_output_on_device(sim_device, backend, request):
+    """CPU simulators hand their outputs over on the requested device.
+
+    ``crossing``: the CPU through ``SimulatorOnDevice``, the structure of a CUDA run (meaningful
+    here); ``cuda`` where a GPU is present. Plain ``cpu`` (no crossing) says something only
+    beside a GPU: an env built for the CPU lets nothing land on CUDA (e.g. a transform or
+    wrapper that builds on ``cuda`` or the default device). Without a GPU every tensor is on
+    the CPU and it would compare the CPU with itself, so it is marked ``gpu`` and skips there.
+    The ``cuda`` case fails if ``backends.build`` hands the simulator to ``to_device`` with
+    another device than the requested one (e.g. always ``cpu``); not tried where it was
+    written (no GPU)."""
+    if request.node.callspec.params["sim_device"] == "cpu" and not torch.cuda.is_available():
+        pytest.skip("the plain CPU case checks that nothing lands on a GPU: without one it "
+                    "would compare the CPU with itself")
     pairs = [(b, t) for b, t in AVAILABLE if b == backend]
     if not pairs:
         pytest.skip(f"backend {backend} unavailable here")
