@@ -101,6 +101,19 @@ def learning(session: nox.Session) -> None:
                 *session.posargs)
 
 
+@nox.session(python=PYTHON, default=False)
+def seeds(session: nox.Session) -> None:
+    """Every probe learning test (marker probe_learning) over seeds 0-9: pass counts and the
+    worst slack per check, in results/learning/probe-seeds-<machine>.md (+ .jsonl); `-- ARGS`
+    are added to pytest's (`-- --learn-seeds 0-4 -k ppo`)."""
+    install(session, "test")
+    out = ROOT / "results" / "learning" / f"probe-seeds-{ASV_MACHINE}.jsonl"
+    # one token per option: pytest's pre-parse (before conftest.py adds these options) would
+    # take an existing path after a separate "--margins-out" for a test path
+    session.run("pytest", "-m", "probe_learning", "--learn-seeds=0-9", f"--margins-out={out}",
+                "--benchmark-disable", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
 def _asv_machine(session: nox.Session) -> None:
     """Non-interactive `asv machine` with real fields (a bare --machine stores only the name)."""
     cpu = platform.machine()

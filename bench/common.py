@@ -26,12 +26,16 @@ def pin_threads() -> None:
 
 
 def require_device(device: str):
-    """torch.device, or NotImplementedError (asv: skipped) when it is not present here."""
+    """The canonical torch.device of the parameter (``harness.devices``: ``cuda`` is
+    ``cuda:0``; the parameter keeps its name for the history), or NotImplementedError (asv:
+    skipped) when it is not present here."""
     import torch
+
+    from harness.devices import check_device
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise NotImplementedError("no CUDA device on this machine")
-    return torch.device(device)
+    return check_device(device)
 
 
 def require_backend(backend: str) -> None:

@@ -3,7 +3,8 @@
 Modules (see DESIGN.md):
 
 - ``registry``    -- the named things rlgauge can run (backends, algorithms) and why one is missing
-- ``devices``     -- which devices exist here; device synchronisation for honest timing
+- ``devices``     -- which devices exist here, their one canonical name (cpu, cuda:N), the
+  hardware a result ran on (CPU model, GPU, CUDA), device synchronisation for honest timing
 - ``results``     -- the tidy results schema, validation, atomic writes, provenance
 - ``torchrl_ext`` -- detects and rebuilds torchrl's C++ extension (prioritized replay)
 - ``backends`` / ``probes`` -- env backends behind one convention; closed-form probe envs

@@ -462,23 +462,44 @@ class Memory(ProbeEnv):
     Closed forms: a policy that remembers the cue gets final reward 1 and V0 = γ^(H-1); any
     memoryless policy sees 0 at the last step, whatever the cue, so its expected final reward is
     exactly 0.5 and V0 = 0.5 γ^(H-1). H must be >= 2 (at H = 1 the cue is visible when acting).
+
+    ``cues="alternate"`` replaces the draw by a fixed pattern: sub-env i's k-th episode has cue
+    +1 when i + k is even, else -1, so every pair of sub-envs holds both cues at every moment.
+    On an even number of sub-envs a deterministic memoryless policy then scores *exactly* 0.5
+    -- not 0.5 up to the luck of a draw -- and a policy that remembers scores 1: with 2
+    sub-envs, one greedy episode each measures a policy's expected final reward exactly.
+    ``cues`` may also be set on a built env (``env.cues = "alternate"``): it applies from the
+    next episode, so an env built by an algorithm's ``make_env`` can be evaluated this way.
     """
 
     name = "memory"
-    task_params: ClassVar[dict[str, Any]] = {"horizon": 3}
+    task_params: ClassVar[dict[str, Any]] = {"horizon": 3, "cues": "random"}
+    CUES = ("random", "alternate")
 
-    def _configure(self, horizon: int = 3, **params: Any) -> None:
+    def _configure(self, horizon: int = 3, cues: str = "random", **params: Any) -> None:
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 2:
             raise UsageError(f"horizon must be an integer >= 2 for the memory probe; "
                              f"got {horizon!r}")
+        if cues not in self.CUES:
+            raise UsageError(f"cues must be one of {', '.join(self.CUES)} for the memory probe; "
+                             f"got {cues!r}")
         self.horizon = horizon
+        self.cues = cues
 
     def _observation_spec(self) -> Any:
         return Bounded(low=-1.0, high=1.0, shape=(self.num_envs, 1), dtype=torch.float32,
                        device=self.device)
 
     def _new_episode(self, mask: torch.Tensor) -> None:
-        draw = torch.randint(0, 2, (self.num_envs,), generator=self._rng, device=self.device)
+        if self.cues == "alternate":  # episode k of sub-env i: +1 when i + k is even
+            started = getattr(self, "_episodes", None)
+            self._episodes = (torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+                              if started is None else started + mask.long())
+            parity = (torch.arange(self.num_envs, device=self.device) + self._episodes) % 2
+            draw = 1 - parity
+        else:
+            draw = torch.randint(0, 2, (self.num_envs,), generator=self._rng,
+                                 device=self.device)
         cue = (2 * draw - 1).to(torch.float32)
         self._cue = cue if not hasattr(self, "_cue") else torch.where(mask, cue, self._cue)
 

@@ -10,6 +10,57 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import pytest  # noqa: E402
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("rlgauge")
+    group.addoption("--learn-seeds", default="0",
+                    help="seeds of the probe learning tests (marker probe_learning): N, A-B or "
+                         "A,B,C (default 0; the sweep of `nox -s seeds`: 0-9)")
+    group.addoption("--margins-out", default=None,
+                    help="write every probe learning check (value, bound, slack) per seed to "
+                         "this JSON-lines file, and their table beside it (.md)")
+
+
+def pytest_configure(config):
+    from margins import parse_seeds
+
+    try:
+        config._rlgauge_seeds = parse_seeds(config.getoption("--learn-seeds"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config._rlgauge_checks = []
+
+
+def pytest_generate_tests(metafunc):
+    """``learn_seed``: one case per seed of ``--learn-seeds`` (seed 0 by default)."""
+    if "learn_seed" in metafunc.fixturenames:
+        seeds = metafunc.config._rlgauge_seeds
+        metafunc.parametrize("learn_seed", seeds, ids=[f"seed{s}" for s in seeds])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    out = session.config.getoption("--margins-out")
+    if out and session.config._rlgauge_checks:
+        from margins import write
+
+        write(session.config._rlgauge_checks, Path(out), session.config._rlgauge_seeds)
+
+
+@pytest.fixture
+def margin(request):
+    """Assertions of a probe learning test that also record how far they pass by
+    (``tests/margins.py``)."""
+    import re
+
+    from margins import Margins
+
+    seed = request.node.callspec.params.get("learn_seed", 0) if hasattr(
+        request.node, "callspec") else 0
+    # the test's id without its seed: test[cpu-seed3-rlgauge] -> test[cpu-rlgauge]
+    test = re.sub(rf"(?<=[\[-])seed{seed}(?:-|(?=\]))", "", request.node.nodeid)
+    test = test.replace("-]", "]").replace("[]", "")
+    return Margins(test, seed, request.config._rlgauge_checks)
+
+
 def _cuda() -> bool:
     import torch
 

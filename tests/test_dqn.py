@@ -31,40 +31,46 @@ def _q(run, values, device) -> torch.Tensor:
         return run.modules["qvalue"](_obs(values, device))["action_value"]
 
 
-def test_dqn_bandit_q_values_are_the_arm_means(device):
-    config = dqn.Config(task="bandit", frames=2048, device=str(device), **PROBE)
+@pytest.mark.probe_learning
+def test_dqn_bandit_q_values_are_the_arm_means(device, learn_seed, margin):
+    config = dqn.Config(task="bandit", frames=2048, device=str(device), seed=learn_seed,
+                        **PROBE)
     run = dqn.train(config)
     td = run.modules["qvalue"](_obs([0.0], device))
     # one-step terminal episodes: the TD(0) target is the reward itself, Q(a) = mean_a
     expected = torch.tensor([0.2, 0.8], device=device)
-    assert torch.allclose(td["action_value"].squeeze(0), expected, atol=0.02), td["action_value"]
+    margin.within("Q(a) = arm means (0.2, 0.8)", td["action_value"].squeeze(0), expected,
+                  atol=0.02)
     assert td["action"].item() == 1  # the greedy action is the better arm
 
 
-def test_dqn_discount_probe_bootstraps_through_the_target_network(device):
+@pytest.mark.probe_learning
+def test_dqn_discount_probe_bootstraps_through_the_target_network(device, learn_seed, margin):
     gamma = 0.9
     config = dqn.Config(task="discount", gamma=gamma, frames=4096, target_update_interval=16,
-                        device=str(device), **PROBE)
+                        device=str(device), seed=learn_seed, **PROBE)
     q = _q(dqn.train(config), [0.0, 1.0], device)
     # reward 0 then reward 1, then termination: Q(s1, .) = 1, Q(s0, .) = γ · max Q(s1, .) = γ
     expected = torch.tensor([[gamma, gamma], [1.0, 1.0]], device=device)
-    assert torch.allclose(q, expected, atol=0.02), q
+    margin.within("Q(s0) = γ, Q(s1) = 1", q, expected, atol=0.02)
 
 
-def test_dqn_soft_target_learns_discounted_value_of_constant_reward(device):
+@pytest.mark.probe_learning
+def test_dqn_soft_target_learns_discounted_value_of_constant_reward(device, learn_seed, margin):
     gamma, horizon = 0.9, 10
     config = dqn.Config(task="constant-terminated", gamma=gamma, frames=4096,
-                        target_update="soft", tau=0.05, device=str(device),
+                        target_update="soft", tau=0.05, device=str(device), seed=learn_seed,
                         **{**PROBE, "gradient_steps": 16, "lr": 3e-3})
     q = _q(dqn.train(config), range(horizon), device)
     # Q(t, .) = (1 - γ^(H-t)) / (1 - γ): constant reward 1 for the H - t remaining steps
     expected = torch.tensor([(1 - gamma ** (horizon - t)) / (1 - gamma) for t in range(horizon)],
                             device=device).unsqueeze(-1).expand_as(q)
-    assert torch.allclose(q[0], expected[0], rtol=0.05), (q[0], expected[0])  # start state
-    assert torch.allclose(q, expected, atol=0.25), (q, expected)  # every state, looser
+    margin.within("Q(s0) = (1 - γ^H) / (1 - γ)", q[0], expected[0], rtol=0.05)  # start state
+    margin.within("Q(t) for every t", q, expected, atol=0.25)  # every state, looser
 
 
-def test_dqn_prioritized_replay_updates_priorities_and_learns(monkeypatch):
+@pytest.mark.probe_learning
+def test_dqn_prioritized_replay_updates_priorities_and_learns(monkeypatch, learn_seed, margin):
     buffers = []
 
     def spy(config, loss):
@@ -73,7 +79,7 @@ def test_dqn_prioritized_replay_updates_priorities_and_learns(monkeypatch):
 
     dqn_make_buffer = dqn.make_buffer
     monkeypatch.setattr(dqn, "make_buffer", spy)
-    config = dqn.Config(task="bandit", frames=1024, prioritized=True, **PROBE)
+    config = dqn.Config(task="bandit", frames=1024, prioritized=True, seed=learn_seed, **PROBE)
     run = dqn.train(config)
     buffer = buffers[0]
     sampler = buffer.sampler
@@ -84,11 +90,12 @@ def test_dqn_prioritized_replay_updates_priorities_and_learns(monkeypatch):
     priorities = torch.as_tensor([sampler._sum_tree[i] for i in range(stored)])
     # new transitions enter at the max priority seen; updated ones get (|δ| + eps)^α, which is
     # ~0 once the bandit's Q-values are learnt: most stored priorities must have moved
-    assert (priorities < 0.5 * priorities.max()).float().mean() > 0.5, priorities
+    margin.at_least("share of priorities below half the max",
+                    (priorities < 0.5 * priorities.max()).float().mean(), 0.5)
     sample = buffer.sample()
     assert "priority_weight" in sample.keys() and (sample["priority_weight"] <= 1.0).all()
     q = _q(run, [0.0], "cpu").squeeze(0)
-    assert torch.allclose(q, torch.tensor([0.2, 0.8]), atol=0.05), q
+    margin.within("Q(a) = arm means (0.2, 0.8)", q, torch.tensor([0.2, 0.8]), atol=0.05)
 
 
 def test_dqn_hard_target_copies_every_interval_gradient_steps():
@@ -108,7 +115,7 @@ def test_dqn_hard_target_copies_every_interval_gradient_steps():
     env.close()
 
 
-def test_dqn_records_returns_losses_and_time_split():
+def test_dqn_smoke_records_returns_losses_and_time_split():
     config = dqn.Config(task="bandit", frames=1024, **PROBE)
     records = dqn.train(config).records
     metrics = set(records["metric"])
@@ -137,7 +144,7 @@ def test_dqn_same_seed_same_returns_on_cpu():
         second[second["metric"].isin(keys)][cols].reset_index(drop=True))
 
 
-def test_dqn_runs_on_gymnasium_cartpole(sim_device):
+def test_dqn_smoke_runs_on_gymnasium_cartpole(sim_device):
     config = dqn.Config(frames=512, eval_episodes=2, device=str(sim_device), **CARTPOLE)
     values = dqn.train(config).records.groupby("metric")["value"].last()
     assert 1.0 <= values["final_return"] <= 200.0  # CartPole pays 1 per step, capped here

@@ -11,6 +11,12 @@ from reference_impls import ppo
 
 PROBE = dict(backend="probe", num_envs=8, frames_per_batch=256, num_epochs=10, minibatch_size=64,
              lr=3e-3, eval_episodes=0)
+#: the continuous probe on top of PROBE: lr 1e-3 (the Config's, RL Zoo's), not 3e-3. The
+#: advantages are normalised, so an update's size does not shrink near the optimum and the step
+#: size sets how far the mean wanders: at 3e-3 it walked into tanh's saturation in 3 of seeds
+#: 0-9 (deterministic action 0.51, 0.05, 0.60 for seeds 0, 4, 7; the scale had collapsed to
+#: 0.01, so nothing pulled it back); at 1e-3 every seed ends within 0.016 of a* (nox -s seeds)
+CONTINUOUS = dict(lr=1e-3)
 
 
 def _obs(values, device) -> TensorDict:
@@ -18,34 +24,45 @@ def _obs(values, device) -> TensorDict:
     return TensorDict({"observation": obs}, [obs.shape[0]])
 
 
+@pytest.mark.probe_learning
 @pytest.mark.parametrize("advantage", ppo.ADVANTAGES)
-def test_ppo_critic_learns_discounted_value_of_constant_reward(device, advantage):
+def test_ppo_critic_learns_discounted_value_of_constant_reward(device, advantage, learn_seed,
+                                                               margin):
+    """The critic regresses on GAE targets to the closed-form value of every state, within 5%.
+    The learning rate is annealed (the Config's default): at a constant 3e-3 the last steps
+    moved V(9) = 1 by up to 0.15 in 3 of seeds 0-9; annealed, every seed's worst state keeps
+    70% of its tolerance (nox -s seeds). Fails if the value targets are wrong (e.g. GAE
+    bootstrapping through the termination, or γ not applied)."""
     gamma, horizon = 0.99, 10
     config = ppo.Config(task="constant-terminated", gamma=gamma, lmbda=0.95, frames=8192,
-                        anneal_lr=False, device=str(device), advantage=advantage, **PROBE)
+                        device=str(device), advantage=advantage, seed=learn_seed, **PROBE)
     run = ppo.train(config)
     value = run.modules["critic"](_obs(range(horizon), device))["state_value"].squeeze(-1)
     # V(t) = (1 - γ^(H-t)) / (1 - γ): constant reward 1 for the H - t remaining steps
     expected = torch.tensor([(1 - gamma ** (horizon - t)) / (1 - gamma) for t in range(horizon)],
                             device=device)
-    assert torch.allclose(value, expected, rtol=0.05), (value, expected)
+    margin.within("V(t) = (1 - γ^(H-t)) / (1 - γ)", value, expected, rtol=0.05)
 
 
-def test_ppo_picks_the_better_bandit_arm(device):
-    config = ppo.Config(task="bandit", frames=4096, device=str(device), **PROBE)
+@pytest.mark.probe_learning
+def test_ppo_picks_the_better_bandit_arm(device, learn_seed, margin):
+    config = ppo.Config(task="bandit", frames=4096, device=str(device), seed=learn_seed,
+                        **PROBE)
     run = ppo.train(config)
     probs = run.modules["actor"](_obs([0.0], device))["logits"].softmax(-1).squeeze(0)
     # arm means (0.2, 0.8): the optimal policy plays arm 1 with probability 1
-    assert probs[1] > 0.95, probs
+    margin.at_least("P(better arm)", probs[1], 0.95)
 
 
-def test_ppo_continuous_actor_finds_the_optimum(device):
-    config = ppo.Config(task="continuous", frames=8192, device=str(device), **PROBE)
+@pytest.mark.probe_learning
+def test_ppo_continuous_actor_finds_the_optimum(device, learn_seed, margin):
+    config = ppo.Config(task="continuous", frames=8192, device=str(device), seed=learn_seed,
+                        **{**PROBE, **CONTINUOUS})
     run = ppo.train(config)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         action = run.modules["actor"](_obs([0.0], device))["action"].item()
     # reward -(a - a*)^2 with a* = 0.3: the deterministic action must sit within 0.1 of a*
-    assert abs(action - 0.3) < 0.1, action
+    margin.within("deterministic action vs a* = 0.3", action, 0.3, atol=0.1)
 
 
 def test_ppo_records_returns_losses_and_time_split():
@@ -76,7 +93,7 @@ def test_ppo_same_seed_same_returns_on_cpu():
 
 
 @pytest.mark.parametrize("task", ["cartpole", "pendulum"])
-def test_ppo_runs_on_gymnasium_discrete_and_continuous(task, sim_device):
+def test_ppo_smoke_runs_on_gymnasium_discrete_and_continuous(task, sim_device):
     config = ppo.Config(backend="gymnasium", task=task, frames=512, num_envs=2,
                         frames_per_batch=256, num_epochs=1, eval_episodes=1,
                         max_episode_steps=200, device=str(sim_device))

@@ -412,3 +412,24 @@ def test_device_parity_with_cpu(task, cuda_device):
             assert data["next", "reward"].cpu().equal(expected["next", "reward"])
     else:
         assert (data.cpu() == expected).all(), task
+
+
+def test_memory_alternate_cues_make_the_memoryless_score_exact():
+    """``cues="alternate"``: each pair of sub-envs holds both cues in every episode, so a
+    memoryless policy (here: always action 1) scores exactly 0.5 and the cue-copying policy 1,
+    whatever the seed. Fails if the pattern repeats a cue within a pair or stops alternating
+    between episodes."""
+    for seed in range(3):
+        env = probes.make("memory", num_envs=4, cues="alternate", seed=seed)
+        data = env.rollout(3 * env.horizon, break_when_any_done=False)
+        cues = data["observation"][:, ::env.horizon, 0]  # [env, episode]
+        assert cues.sum(0).eq(0).all()  # both cues in every episode, per pair of sub-envs
+        assert (cues[:, 1:] == -cues[:, :-1]).all()  # alternating from episode to episode
+        always_one = torch.ones(4, dtype=torch.int64)
+        env.reset()
+        td = env.reset()
+        for _ in range(env.horizon):
+            td = env.step(td.set("action", always_one))["next"]
+        assert td["reward"].mean().item() == 0.5
+    with pytest.raises(UsageError, match="cues must be one of random, alternate"):
+        probes.make("memory", cues="sometimes")
