@@ -29,7 +29,21 @@ nox.options.sessions = ["tests"]
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 CONSTRAINTS = ROOT / "constraints.txt"
-ASV_MACHINE = os.environ.get("RLGAUGE_MACHINE") or platform.node() or "local"
+
+
+def _provenance():
+    """harness/provenance.py, loaded by path: nox runs outside the project's venv (the module
+    imports nothing but the standard library at import time)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_rlgauge_provenance",
+                                                  ROOT / "harness" / "provenance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ASV_MACHINE = _provenance().machine_name()  # the machine name every result is filed under
 
 
 def _pip_find_links() -> str:

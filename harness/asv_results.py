@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import comparison
 from harness.errors import UsageError
 
 SKIP = {"machine.json", "benchmarks.json"}
@@ -131,7 +132,7 @@ def human(value, unit: str) -> str:
         for scale, suffix in ((2**30, "G"), (2**20, "M"), (2**10, "k"), (1, "")):
             if abs(value) >= scale or suffix == "":
                 return f"{value / scale:.3g}{suffix}"
-    return f"{value:.4g} {unit}".strip()
+    return comparison.fmt_value(value, unit)
 
 
 def markdown(frame: pd.DataFrame, floor_map: dict[str, str] | None = None) -> str:
@@ -196,11 +197,6 @@ def floors(modules: Iterable[str], *, package: str = "bench") -> dict[str, str]:
     return out
 
 
-def higher_is_better(unit: str) -> bool:
-    """Rates (``frames/s``, ``steps/s``): a bigger value is better."""
-    return str(unit).strip().endswith("/s")
-
-
 def with_floors(frame: pd.DataFrame, floor_map: dict[str, str] | None = None) -> pd.DataFrame:
     """``frame`` plus ``floor`` (the floor's value), ``floor_benchmark`` and ``x_floor`` (how
     many times slower than the floor; NaN without a floor). ``floor_map`` defaults to
@@ -256,7 +252,7 @@ def _x_floor(value, floor, unit: str) -> float:
     if value is None or floor is None or pd.isna(value) or pd.isna(floor) or not value \
             or not floor:
         return float("nan")
-    return floor / value if higher_is_better(unit) else value / floor
+    return floor / value if comparison.higher_is_better(unit=unit) else value / floor
 
 
 def _ratio(x) -> str:

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness import atomic
 from harness.errors import ResultsError, UsageError
 
 PROG = "rlgauge"
@@ -239,7 +240,7 @@ def cmd_table(args) -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        results.atomic_write_text(args.out, text + "\n")
+        atomic.write_text(args.out, text + "\n")
     if args.report_dir:
         written = report.write_report(frame, args.report_dir)
         print(f"report: {written['markdown']}, {written['csv'].name}, {written['html'].name}, "
@@ -326,7 +327,7 @@ def cmd_env(args) -> int:
 
 
 def cmd_asv_table(args) -> int:
-    from harness import asv_results, results
+    from harness import asv_results
 
     frame = asv_results.latest(asv_results.load(args.results, machine=args.machine))
     if frame.empty:
@@ -343,10 +344,10 @@ def cmd_asv_table(args) -> int:
               f"commit {', '.join(sorted(frame['commit'].unique()))}\n\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        results.atomic_write_text(args.out, header + text + "\n")
+        atomic.write_text(args.out, header + text + "\n")
     if args.components_out:
         args.components_out.parent.mkdir(parents=True, exist_ok=True)
-        results.atomic_write_text(args.components_out, header + (
+        atomic.write_text(args.components_out, header + (
             asv_results.components_markdown(frame) or "(no rows with a floor)") + "\n")
     return 0
 
@@ -587,7 +588,7 @@ def cmd_compare(args) -> int:
     if not 0 < args.threshold < 10:
         raise UsageError(f"--threshold must be a fraction such as 0.10, got {args.threshold}")
     metrics = tuple(_csv(args.metrics))
-    known = set(report.DIRECTION)
+    known = set(report.COMPARABLE)
     for m in metrics:
         if m not in known:
             raise UsageError(f"unknown metric {m!r}; valid: {', '.join(sorted(known))}")
@@ -614,7 +615,7 @@ def cmd_compare(args) -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        results.atomic_write_text(args.out, text + "\n")
+        atomic.write_text(args.out, text + "\n")
     return 1 if table["regression"].any() else 0
 
 

@@ -38,7 +38,6 @@ recorded: delete ``selftest.json`` (or the build's directory) to test (or build)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -54,7 +53,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.torchrl_ext import SELFTEST_FILE, SelfTest, record_verdict, recorded_verdict
+from harness import atomic
+from harness.torchrl_ext import SELFTEST_FILE, SelfTest, recorded_verdict, verdict_for
 
 __all__ = ["SELFTEST_FILE", "SelfTest", "Status", "cached_path", "describe_cache", "enabled",
            "load", "recorded_build_seconds", "recorded_selftest", "selftest", "status"]
@@ -140,8 +140,6 @@ def build(dest: Path, *, verbose: bool = False):
     import torch  # noqa: F401  (the extension links against the loaded torch)
     from torch.utils import cpp_extension
 
-    from harness.torchrl_ext import _atomic_copy
-
     flags = compile_flags()
     # torch finds ninja on PATH only; a venv's python run without activating the venv has the
     # pip-installed ninja next to it but not on PATH
@@ -156,18 +154,11 @@ def build(dest: Path, *, verbose: bool = False):
             extra_cflags=flags, extra_include_paths=[str(CSRC)], verbose=verbose)
         seconds = time.perf_counter() - t0
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_copy(Path(build_dir) / f"{MODULE}.so", dest)
+        atomic.copy(Path(build_dir) / f"{MODULE}.so", dest)
     meta = {"build_seconds": round(seconds, 2), "flags": flags,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__}
-    _write_json(dest.with_name("build.json"), meta)
+    atomic.write_json(dest.with_name("build.json"), meta)
     return module, seconds
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
 
 
 def recorded_build_seconds(path: Path | None = None) -> float | None:
@@ -216,12 +207,8 @@ def load(*, verbose: bool = False):
                     # returned) unless the self-test below passes
                     built, seconds = build(path, verbose=verbose)
                     how = f"built in {seconds:.1f} s, cached at {path}"
-                verdict = recorded_selftest(path)
-                if verdict is None:
-                    verdict = selftest(path)
-                    with contextlib.suppress(OSError):  # a read-only cache: test each process
-                        record_verdict(path, verdict)
-                    how += "; self-test passed" if verdict.ok else ""
+                verdict, fresh = verdict_for(path, selftest)
+                how += "; self-test passed" if fresh and verdict.ok else ""
                 if not verdict.ok:
                     raise SelfTestFailed(f"self-test failed: {verdict.detail}")
                 _module = built if built is not None else _import_from(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import results
+from harness import atomic, results
 
 
 def targets() -> list[tuple[str, object]]:
@@ -196,7 +196,7 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, machine: str) -> Path:
             summary.set_index(["algorithm", "task"]).index)
         summary = pd.concat([old[keep], summary], ignore_index=True)[list(summary.columns)]
     md = out_dir / f"learning-{machine}.md"
-    results.atomic_write_text(md, "# Published-threshold learning results\n\n"
+    atomic.write_text(md, "# Published-threshold learning results\n\n"
                               + summary.to_markdown(index=False) + "\n")
-    results.atomic_write_text(out_dir / f"learning-{machine}.csv", summary.to_csv(index=False))
+    atomic.write_text(out_dir / f"learning-{machine}.csv", summary.to_csv(index=False))
     return md

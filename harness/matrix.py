@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import results
+from harness import atomic, results
 from harness.errors import ResultsError, UsageError
 
 #: tasks a backend runs in the matrix unless ``--tasks`` names them: ``--quick`` takes the first
@@ -618,7 +618,7 @@ def _resolved_context(spec: RunSpec) -> dict:
 def _log(out: Path, spec: RunSpec, text: str) -> None:
     path = out / "logs" / f"{spec.key}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    results.atomic_write_text(path, text)
+    atomic.write_text(path, text)
 
 
 def measure_overhead(n: int = 5) -> float:

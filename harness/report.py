@@ -37,14 +37,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import comparison
+
 CELL = ["algorithm", "backend", "task", "device", "num_envs"]
 FORMATS = ("markdown", "csv", "html")
-#: metrics a comparison looks at, and whether a larger value is better
-DIRECTION: dict[str, bool] = {
-    "train_fps": True, "collect_fps": True, "final_return": True,
-    "time_to_threshold_s": False, "wall_time_s": False, "env_time_s": False,
-    "policy_time_s": False, "update_time_s": False, "peak_rss_mb": False,
-}
+#: metrics a comparison can look at (which direction is better: ``harness.comparison``)
+COMPARABLE = ("train_fps", "collect_fps", "final_return", "time_to_threshold_s", "wall_time_s",
+              "env_time_s", "policy_time_s", "update_time_s", "peak_rss_mb")
 FAILED = ("failed", "timeout")
 #: metrics whose value does not depend on the machine's speed: compared across hardware
 HARDWARE_FREE = frozenset({"final_return"})
@@ -423,16 +422,16 @@ def html_report(frame: pd.DataFrame, pngs: list[Path], title: str = "rlgauge res
 def write_report(frame: pd.DataFrame, out_dir: Path, title: str = "rlgauge results") -> dict:
     """``report.md``, ``report.csv`` (``cell_table``), ``report.html`` and ``plots/*.png``
     under ``out_dir`` (atomic writes). Returns {kind: path}."""
-    from harness.results import atomic_write_text
+    from harness import atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = plots(frame, out_dir / "plots")
     paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv",
              "html": out_dir / "report.html"}
-    atomic_write_text(paths["markdown"], markdown_report(frame, title))
-    atomic_write_text(paths["csv"], cell_table(frame).to_csv(index=False))
-    atomic_write_text(paths["html"], html_report(frame, pngs, title))
+    atomic.write_text(paths["markdown"], markdown_report(frame, title))
+    atomic.write_text(paths["csv"], cell_table(frame).to_csv(index=False))
+    atomic.write_text(paths["html"], html_report(frame, pngs, title))
     return {**paths, "plots": pngs}
 
 
@@ -479,10 +478,10 @@ def compare(base: pd.DataFrame, head: pd.DataFrame, *, threshold: float = 0.10,
             if differs and metric not in HARDWARE_FREE and not across_hardware:
                 rows.append({**cell, "ratio": math.nan, "change": math.nan,
                              "ci_low": math.nan, "ci_high": math.nan,
-                             "verdict": "not compared: different hardware",
+                             "verdict": comparison.DIFFERENT_HARDWARE,
                              "regression": False})
                 continue
-            higher = DIRECTION.get(metric, True)
+            higher = comparison.direction(metric=metric) == comparison.HIGHER
             mb, mh = float(np.median(vb)), float(np.median(vh))
             scale = abs(float(np.mean(vb))) or 1.0
             change = (mh - mb) / (abs(mb) or 1.0)
@@ -495,8 +494,7 @@ def compare(base: pd.DataFrame, head: pd.DataFrame, *, threshold: float = 0.10,
                 if np.allclose(vb, vb[0]) and np.allclose(vh, vh[0]):  # no spread at all
                     lo = hi = (float(np.mean(vh)) - float(np.mean(vb))) / scale
             worse_change = -change if higher else change
-            good, bad = (("faster", "slower") if metric.endswith(("fps", "_s"))
-                         else ("better", "worse"))
+            good, bad = comparison.words(metric=metric)
             if math.isnan(lo):
                 word = (bad if worse_change > threshold else
                         good if -worse_change > threshold else "within threshold")
@@ -541,12 +539,11 @@ def compare_markdown(table: pd.DataFrame, threshold: float) -> str:
     view = pd.DataFrame({
         "cell": [_column(r) + f" {r['algorithm']}" for _, r in table.iterrows()],
         "metric": table["metric"],
-        "base": [f"{v:.4g}" for v in table["base"]],
-        "head": [f"{v:.4g}" for v in table["head"]],
+        "base": [comparison.fmt_value(v) for v in table["base"]],
+        "head": [comparison.fmt_value(v) for v in table["head"]],
         "n base/head": table["n"],
         "ratio": [_num(v, "{:.3f}") for v in table["ratio"]],
-        "change [95% CI]": ["" if math.isnan(c) else
-                            f"{c:+.1%}" + ("" if math.isnan(lo) else f" [{lo:+.1%}, {hi:+.1%}]")
+        "change [95% CI]": [comparison.fmt_change(c, lo, hi)
                             for c, lo, hi in zip(table["change"], table["ci_low"],
                                                  table["ci_high"], strict=True)],
         "verdict": [v + (" **REGRESSION**" if r else "")

@@ -2,7 +2,7 @@
 
 Every measured value is one row (long form). A results file is CSV framed by two comment lines::
 
-    # rlgauge-results schema_version=1
+    # rlgauge-results schema_version=2
     run_id,timestamp,git_sha,...            <- header: exactly ``COLUMNS``
     ...                                     <- one row per (run, metric[, frames])
     # end rows=N
@@ -27,21 +27,16 @@ SCHEMA_VERSION history:
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import os
-import platform
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
+from harness import atomic
 from harness.errors import ResultsError
 
 SCHEMA_VERSION = 2
@@ -88,63 +83,17 @@ _ADDED_IN_2 = ("cpu", "gpu", "cuda")
 # --------------------------------------------------------------------------- provenance
 
 
-@functools.cache
-def _git_sha() -> str:
-    if sha := os.environ.get("RLGAUGE_GIT_SHA"):
-        return sha
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _torch_version() -> str:
-    """``torch.__version__``, build tag included (``2.13.0+cpu``, ``2.11.0+cu130``): the
-    distribution's metadata may drop the tag (PyPI's CUDA wheels say ``2.11.0``)."""
-    try:
-        import torch
-    except ImportError:
-        return "not installed"
-    return str(torch.__version__)
-
-
 def provenance(device: str | None = None) -> dict[str, str]:
-    """Where and with what a value was measured: time (UTC), git sha, machine, library
-    versions (torch's full version string), the CPU model, the CUDA version torch was built
-    with, and -- for a value measured on ``device`` a GPU -- that GPU's name.
+    """Where and with what a value was measured (``harness.provenance.record``): time (UTC), git
+    sha, machine, library versions (torch's full version string), the CPU model, the CUDA
+    version torch was built with, and -- for a value measured on ``device`` a GPU -- that GPU.
 
     ``RLGAUGE_MACHINE`` and ``RLGAUGE_GIT_SHA`` override the detected machine name and sha (CI
     runners with throw-away hostnames; installs without a git checkout).
     """
-    from harness import devices
+    from harness import provenance as prov
 
-    try:
-        cuda = devices.cuda_version()
-    except ImportError:
-        cuda = "none"
-    return {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_sha": _git_sha(),
-        "machine": os.environ.get("RLGAUGE_MACHINE") or platform.node() or "unknown",
-        "torch": _torch_version(),
-        "torchrl": _version("torchrl"),
-        "tensordict": _version("tensordict"),
-        "cpu": devices.cpu_model(),
-        "gpu": devices.device_gpu(device) if device else "",
-        "cuda": cuda,
-    }
+    return prov.record(device)
 
 
 def new_run_id() -> str:
@@ -268,40 +217,7 @@ def dumps(frame: pd.DataFrame) -> str:
 
 def save(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Validate and atomically write ``frame`` to ``path`` (parent directories are created)."""
-    path = Path(path)
-    text = dumps(frame)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync it, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress_oserror():
-            os.unlink(tmp)
-        raise
-    with _suppress_oserror():  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-class _suppress_oserror:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        return exc_type is not None and issubclass(exc_type, OSError)
+    return atomic.write_text(path, dumps(frame))
 
 
 def append(frame: pd.DataFrame, path: str | os.PathLike) -> Path:

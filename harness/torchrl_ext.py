@@ -38,7 +38,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +46,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness import atomic
 
 SOURCES_CPU = ("pybind.cpp", "utils.cpp")
 SOURCES_CUDA = ("cuda_segment_tree.cu",)
@@ -204,23 +205,8 @@ def build(dest: Path, *, verbose: bool = False) -> float:
         )
         built = Path(build_dir) / "_torchrl.so"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_copy(built, dest)
+        atomic.copy(built, dest)
     return time.perf_counter() - t0
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    """Copy to a temp file, then rename: ``dest`` gets a new inode. Never write through an
-    existing file: uv hard-links site-packages files to its cache, and writing into one would
-    change every venv made from that cache."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -263,17 +249,13 @@ def ensure(*, force: bool = False, verbose: bool = False) -> str:
             how = f"built in {seconds:.0f} s (cached at {cached})"
         else:
             how = f"copied from cache {cached}"
-        verdict = recorded_verdict(cached)
-        if verdict is None:
-            verdict = selftest(cached)
-            with contextlib.suppress(OSError):  # a read-only cache: test each time
-                record_verdict(cached, verdict)
-            how += "; self-test passed" if verdict.ok else ""
+        verdict, fresh = verdict_for(cached, selftest)
+        how += "; self-test passed" if fresh and verdict.ok else ""
     if not verdict.ok:
         raise RuntimeError(f"rebuilt torchrl extension failed its self-test ({verdict.detail}); "
                            f"not installed (build cached at {cached}; --force rebuilds and tests "
                            "again)")
-    _atomic_copy(cached, target)
+    atomic.copy(cached, target)
     ok, err = probe_subprocess()
     if not ok:
         raise RuntimeError(f"rebuilt torchrl extension still fails to load: {err}")
@@ -293,11 +275,7 @@ def _test_installed_rebuild(installed: Path | None) -> str:
     except OSError:  # no cached build
         return ""
     with _lock(cached.with_name(".lock")):
-        verdict = recorded_verdict(cached)
-        if verdict is None:
-            verdict = selftest(cached)
-            with contextlib.suppress(OSError):
-                record_verdict(cached, verdict)
+        verdict, _ = verdict_for(cached, selftest)
     if not verdict.ok:
         raise RuntimeError(f"the installed torchrl extension (rlgauge's rebuild, cached at "
                            f"{cached}) fails its self-test ({verdict.detail}); reinstall torchrl "
@@ -382,20 +360,25 @@ def recorded_verdict(so: Path) -> SelfTest | None:
         return None
 
 
+def verdict_for(so: Path, test) -> tuple[SelfTest, bool]:
+    """``(verdict, fresh)``: the verdict recorded for the build ``so``, else ``test(so)`` run now
+    and recorded (a read-only cache: not recorded, tested again next time); ``fresh`` says the
+    test ran now. Call it under the build's lock."""
+    verdict = recorded_verdict(so)
+    if verdict is not None:
+        return verdict, False
+    verdict = test(so)
+    with contextlib.suppress(OSError):
+        record_verdict(so, verdict)
+    return verdict, True
+
+
 def record_verdict(so: Path, verdict: SelfTest) -> None:
-    """Write ``verdict`` next to the build ``so`` (temp file, then rename)."""
-    data = {"ok": verdict.ok, "detail": verdict.detail,
-            "tested_at": verdict.tested_at or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "so": _so_identity(so), "python": sys.version.split()[0]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{SELFTEST_FILE}.", dir=so.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, so.with_name(SELFTEST_FILE))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``verdict`` next to the build ``so`` (atomically)."""
+    atomic.write_json(so.with_name(SELFTEST_FILE), {
+        "ok": verdict.ok, "detail": verdict.detail,
+        "tested_at": verdict.tested_at or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "so": _so_identity(so), "python": sys.version.split()[0]})
 
 
 def child_env(**extra: str) -> dict:

@@ -79,6 +79,17 @@ def device(request):
     return check_device(request.param)
 
 
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu)])
+def cuda_device(request):
+    """The CUDA device only, for device-parity tests: against the CPU, run on the CPU, they
+    would compare the CPU with itself, so where there is no GPU they skip (with that reason)."""
+    if not _cuda():
+        pytest.skip("device parity needs a GPU: on the CPU it would compare the CPU with itself")
+    from harness.devices import check_device
+
+    return check_device(request.param)
+
+
 @pytest.fixture(params=["cpu", "crossing", pytest.param("cuda", marks=pytest.mark.gpu)])
 def sim_device(request, monkeypatch):
     """For tests of envs with CPU simulators (gymnasium, dm_control, envpool) and what runs on

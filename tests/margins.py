@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,8 +95,10 @@ def write(checks: list[Check], path: Path, seeds: list[int]) -> None:
     """``path`` (JSON lines, one per check) and ``path.with_suffix(".md")`` (the table), both
     written atomically."""
     lines = "".join(json.dumps(asdict(c)) + "\n" for c in checks)
-    _atomic(path, lines)
-    _atomic(path.with_suffix(".md"), table(checks, seeds))
+    from harness import atomic
+
+    atomic.write_text(path, lines)
+    atomic.write_text(path.with_suffix(".md"), table(checks, seeds))
 
 
 def table(checks: list[Check], seeds: list[int]) -> str:
@@ -118,16 +118,15 @@ def table(checks: list[Check], seeds: list[int]) -> str:
                     f"{len(cs)} | {pct(worst.slack)}{unit} (seed {worst.seed}) | "
                     f"{pct(med)}{unit} |")
     import datetime
-    import platform
 
     import torch
 
-    from harness import devices
+    from harness import devices, provenance
 
     head = (f"Probe learning tests over seeds {_span(seeds)}: each check's pass count and its "
             f"slack (how far inside the bound; negative = failed). Measured "
             f"{datetime.date.today().isoformat()} on {devices.cpu_model()} "
-            f"({platform.node() or 'unknown host'}), torch {torch.__version__}, by "
+            f"({provenance.machine_name()}), torch {torch.__version__}, by "
             f"`nox -s seeds` (pytest -m probe_learning --learn-seeds {_span(seeds)}).\n\n")
     return head + "\n".join(rows) + "\n"
 
@@ -136,11 +135,3 @@ def _span(seeds: list[int]) -> str:
     if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
         return f"{seeds[0]}-{seeds[-1]}"
     return ", ".join(map(str, seeds))
-
-
-def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

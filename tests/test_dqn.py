@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from helpers import hard_copy_steps
 from tensordict import TensorDict
 from torchrl.data.replay_buffers.samplers import PrioritizedSampler
 
@@ -103,15 +104,8 @@ def test_dqn_hard_target_copies_every_interval_gradient_steps():
     env = dqn.make_env(config)
     actor, _ = dqn.make_modules(config, env)
     loss, updater = dqn.make_loss(config, actor)
-    online = loss.value_network_params.flatten_keys()
-    target = loss.target_value_network_params.flatten_keys()
-    synced = []
-    for _ in range(8):
-        online.apply(lambda p: p.data.add_(1.0))
-        updater.step()
-        synced.append(all(torch.equal(online[k], target[k]) for k in online.keys()))
     # torchrl's HardUpdate copies on every (interval + 1)-th step; make_loss corrects for that
-    assert synced == [False, False, False, True] * 2
+    assert hard_copy_steps(loss, updater) == [False, False, False, True] * 2
     env.close()
 
 

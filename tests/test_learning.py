@@ -15,17 +15,16 @@ is no GPU.
 from __future__ import annotations
 
 import os
-import platform
 
 import pandas as pd
 import pytest
 
-from harness import learning
+from harness import learning, provenance
 
 pytestmark = pytest.mark.slow
 
 OUT = os.environ.get("RLGAUGE_LEARNING_OUT", "results/learning")
-MACHINE = os.environ.get("RLGAUGE_MACHINE") or platform.node() or "local"
+MACHINE = provenance.machine_name()
 CASES = learning.targets()
 RECIPE_CASES = learning.recipe_targets()
 ROWS: list[pd.DataFrame] = []

@@ -380,17 +380,6 @@ def test_auto_reset_in_rollout_restarts_only_finished_sub_envs(device):
 # --- devices -----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu)])
-def cuda_device(request):
-    """The CUDA device only: a parity test against the CPU run on the CPU would compare the CPU
-    with itself, so where there is no GPU it skips (with that reason) instead."""
-    if not torch.cuda.is_available():
-        pytest.skip("device parity needs a GPU: on the CPU it would compare the CPU with itself")
-    from harness.devices import check_device
-
-    return check_device(request.param)
-
-
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_device_parity_with_cpu(task, cuda_device):
     """Every probe on CUDA keeps its outputs on CUDA and matches the CPU probe (all values for

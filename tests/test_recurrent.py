@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from helpers import hard_copy_steps
 from torchrl.collectors import Collector
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from torchrl.modules import set_recurrent_mode
@@ -135,14 +136,7 @@ def test_recurrent_dqn_hard_target_copies_every_interval_gradient_steps():
     _, loss_qnet = recurrent_dqn.make_modules(config, env)
     loss = recurrent_dqn.make_loss(config, loss_qnet, env)
     updater = recurrent_dqn.make_target_updater(config, loss)
-    online = loss.value_network_params.flatten_keys()
-    target = loss.target_value_network_params.flatten_keys()
-    synced = []
-    for _ in range(8):
-        online.apply(lambda p: p.data.add_(1.0))
-        updater.step()
-        synced.append(all(torch.equal(online[k], target[k]) for k in online.keys()))
-    assert synced == [False, False, False, True] * 2
+    assert hard_copy_steps(loss, updater) == [False, False, False, True] * 2
     env.close()
 
 

@@ -225,17 +225,6 @@ def test_specs_step_and_maybe_reset_resets_only_finished(envs, backend, task):
 # --------------------------------------------------------------------------- devices
 
 
-@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu)])
-def cuda_device(request):
-    """The CUDA device only: a parity test against the CPU run on the CPU would compare the CPU
-    with itself, so where there is no GPU it skips (with that reason) instead."""
-    if not torch.cuda.is_available():
-        pytest.skip("device parity needs a GPU: on the CPU it would compare the CPU with itself")
-    from harness.devices import check_device
-
-    return check_device(request.param)
-
-
 @pytest.mark.parametrize("backend,task", PROBES)
 def test_specs_probe_device_parity(cuda_device, backend, task):
     """The probe on CUDA has the CPU probe's specs and episode structure (its random draws

@@ -1,0 +1,74 @@
+"""rlgauge's one way to write a file: never half-written, never through an existing file.
+
+Everything a user measured, and every build rlgauge caches, is written to a temporary file in
+the destination directory, flushed and fsynced, then renamed over the destination; the rename
+itself is made durable by an fsync of the directory. A crash leaves the old file or the new
+one, nothing in between. A copy gets a new inode: uv hard-links site-packages files to its cache,
+so writing *through* an existing file would change every venv made from that cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (parent directories are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _sync_dir(path.parent)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, data, **dump_kwargs) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically."""
+    return write_text(path, json.dumps(data, **dump_kwargs))
+
+
+def copy(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dest`` atomically (metadata too, as ``shutil.copy2``): ``dest`` gets a
+    new inode, an existing ``dest`` is replaced, never written through."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _sync_dir(dest.parent)
+    return dest
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the platform allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
