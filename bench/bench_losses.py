@@ -52,7 +52,7 @@ COLLECT_ENVS = 8  # envs of the collector that makes the input batches
 
 
 def _module(algorithm: str):
-    from harness.training import algorithm_module
+    from harness.runs import algorithm_module
 
     return algorithm_module(algorithm)
 

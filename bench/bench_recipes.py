@@ -58,7 +58,7 @@ STEPS = 20  # random-action steps per timed call of the pixel env
 def _train(name: str, budget: tuple[str, ...]) -> dict[str, float]:
     import tempfile
 
-    from harness import recipes
+    from harness import recipes, runs
 
     if recipes.RECIPES.unavailable_reason(name):
         return {}
@@ -67,7 +67,8 @@ def _train(name: str, budget: tuple[str, ...]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         if "csv_log_dir" in recipes.get(name).overrides:  # keep the CSV logs out of the checkout
             overrides.append(f"csv_log_dir={tmp}")
-        records = recipes.run(name, frames=frames, overrides=overrides).records
+        spec = runs.spec_for(recipe=name, frames=frames, overrides=overrides)
+        records = runs.train(spec)[1].records
     values = records.groupby("metric")["value"].last()
     total = values["env_time_s"] + values["policy_time_s"] + values["update_time_s"]
     return {
@@ -144,11 +145,11 @@ def _require_pixels() -> None:
 
 def _pixel_stepper(impl: str, device):
     """``(run, close)``: ``run()`` makes ``STEPS`` random-action steps of the pixel env."""
-    from harness import recipes
+    from harness import runs
     from reference_impls import recurrent_dqn
 
-    _, _, config = recipes.resolve(PIXEL_RECIPE, device=str(device),  # stats: not timed
-                                   overrides=["obs_norm_steps=20"])
+    config = runs.resolve(runs.spec_for(recipe=PIXEL_RECIPE, device=str(device),  # not timed
+                                        overrides=["obs_norm_steps=20"])).config
     if impl == "raw":
         import functools
 

@@ -37,7 +37,7 @@ CASES = {
 
 def _train(algorithm: str, frames: int | None = None) -> dict[str, float]:
     from harness import registry
-    from harness.training import algorithm_module
+    from harness.runs import algorithm_module
 
     registry.load_builtins()
     if registry.ALGORITHMS.unavailable_reason(algorithm):

@@ -353,33 +353,17 @@ def cmd_asv_table(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from harness import results, training
+    from harness import recipes, results, runs
 
-    recipe = None
-    if args.recipe is not None:
-        from harness import recipes
-
-        if args.algorithm is not None or args.backend is not None or args.task is not None:
-            raise UsageError(f"--recipe {args.recipe} fixes the algorithm, backend and task; "
-                             f"give either --recipe or ALGORITHM [--backend B --task T]")
-        recipe, module, config = recipes.resolve(
-            args.recipe, device=args.device, frames=args.frames, seed=args.seed,
-            num_envs=args.num_envs, overrides=args.set)
-        name = recipe.name
-    elif args.algorithm is None:
-        raise UsageError("train needs an ALGORITHM or --recipe NAME (see 'list')")
-    else:
-        module, config = training.resolve_run(
-            args.algorithm, backend=args.backend or "gymnasium", task=args.task or "cartpole",
-            device=args.device, frames=args.frames, seed=args.seed, num_envs=args.num_envs,
-            overrides=args.set)
-        name = args.algorithm
+    spec = runs.spec_for(algorithm=args.algorithm, recipe=args.recipe, backend=args.backend,
+                         task=args.task, device=args.device, seed=args.seed, frames=args.frames,
+                         num_envs=args.num_envs, overrides=args.set)
+    resolved = runs.resolve(spec)
+    config, recipe = resolved.config, resolved.recipe
+    name = recipe.name if recipe is not None else spec.algorithm
     out = _writable_dir(args.out)
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    import torch
-
-    torch.set_num_threads(args.threads)
 
     label = f"{name} {config.backend}/{config.task} {config.device} seed {config.seed}"
     with Progress(config.frames, label, "frame") as bar:
@@ -388,14 +372,11 @@ def cmd_train(args) -> int:
             bar.advance_to(done, total, f"return {ret:.1f}" if ret is not None and ret == ret
                            else "")
 
-        run = module.train(config, progress=progress)
-    records = run.records
-    if recipe is not None:
-        records = recipes.finish(recipe, records)
+        records = runs.run(resolved, progress=progress, threads=args.threads).records
     path = out / f"{name}-{config.backend}-{config.task}-{config.device}-" \
                  f"s{config.seed}-{records['run_id'].iloc[0]}.csv"
     results.save(records, path)
-    print(training.summary(records, config))
+    print(runs.summary(records, config))
     if recipe is not None:
         value = recipes.value_of(recipe, records)
         verdict = "met" if recipe.success.met(value) else "NOT met"

@@ -2,9 +2,11 @@
 the return the literature reports, within the literature's frame budget?
 
 Each algorithm module lists its ``LEARNING_TARGETS`` (``harness.training.LearningTarget``). For a
-target, ``run_target`` trains one run per seed -- in parallel worker processes, one per core --
-evaluates the deterministic policy (``final_return``), saves every run's records atomically under
-``results/learning/runs/`` and returns one row per seed. ``table`` reduces the rows to the
+target, ``run_target`` trains one run per seed through the matrix's executor
+(``harness.matrix.run_grid``: a worker process per run, one per core, each run's records written
+atomically as it finishes under ``results/learning/runs/<commit>/<target>/cells/``, so an
+interrupted session resumes), evaluates the deterministic policy (``final_return``) and returns
+one row per seed. ``table`` reduces the rows to the
 published-threshold table (per-seed and median return, pass/fail, wall time) that the session
 writes to ``results/learning/``.
 
@@ -18,10 +20,9 @@ episode so far, the frame count at which each seed first met it).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
 import os
 import statistics
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,13 +32,12 @@ from harness import atomic, results
 
 def targets() -> list[tuple[str, object]]:
     """(algorithm, LearningTarget) for every registered algorithm available here."""
-    from harness import registry
-    from harness.training import algorithm_module
+    from harness import registry, runs
 
     registry.load_builtins()
     out = []
     for name in registry.ALGORITHMS.available():
-        for target in getattr(algorithm_module(name), "LEARNING_TARGETS", ()):
+        for target in getattr(runs.algorithm_module(name), "LEARNING_TARGETS", ()):
             out.append((name, target))
     return out
 
@@ -49,43 +49,48 @@ def recipe_targets() -> list[tuple[str, object]]:
     return [(r.name, recipes.learning_target(r)) for r in recipes.available()]
 
 
-def _one_seed(algorithm: str, target, seed: int, runs_dir: str) -> dict:
-    import torch
-
-    from harness.training import algorithm_module
-
-    torch.set_num_threads(1)
-    module = algorithm_module(algorithm)
-    config = module.config_for(target.backend, target.task, frames=target.frames, seed=seed,
-                               **target.overrides)
-    run = module.train(config)
-    records = run.records
-    path = Path(runs_dir) / (f"{algorithm}-{target.backend}-{target.task}-s{seed}-"
-                             f"{records['run_id'].iloc[0]}.csv")
-    results.save(records, path)
-    values = records.groupby("metric")["value"].last()
-    return {"seed": seed, "final_return": float(values.get("final_return", float("nan"))),
-            "wall_time_s": float(values.get("wall_time_s", float("nan"))), "file": str(path)}
+_SESSION = time.strftime("%Y%m%d-%H%M%S")  # names this session's runs of a dirty checkout
+#: a learning run's time limit in the matrix's executor (the longest, tutorial-ppo's 1M frames,
+#: took 46 min per seed here)
+TIMEOUT_S = 6 * 3600.0
 
 
-def run_target(algorithm: str, target, *, seeds: int = 3, workers: int | None = None,
-               out_dir: str | Path = "results/learning") -> pd.DataFrame:
-    """Train ``seeds`` runs of ``algorithm`` on ``target``; one row per seed."""
-    return _seeds(algorithm, target, seeds, workers, out_dir,
-                  lambda s, runs_dir: (_one_seed, algorithm, target, s, runs_dir))
+def runs_dir(out_dir: str | Path, name: str) -> Path:
+    """Where the runs of one target go: ``OUT/runs/<commit>/<name>/`` (the matrix's ``cells/``
+    and ``logs/``). A clean checkout's commit names it, so an interrupted ``nox -s learning``
+    resumes; uncommitted changes get a directory of their own per session (never the results
+    of other code)."""
+
+    from harness import provenance
+
+    sha = provenance.git_sha()
+    tag = sha[:12] + (f"-dirty-{_SESSION}" if sha.endswith("-dirty") else "")
+    return Path(out_dir) / "runs" / tag / name
 
 
-def _seeds(name: str, target, seeds: int, workers: int | None, out_dir, job) -> pd.DataFrame:
-    """Run ``job(seed, runs_dir) -> (fn, *args)`` for each seed in spawned worker processes
-    (fresh interpreters: no state shared with the caller); one row per seed plus the
-    target's columns."""
-    runs_dir = Path(out_dir) / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(seeds, len(os.sched_getaffinity(0)))
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = [pool.submit(*job(s, str(runs_dir))) for s in range(seeds)]
-        rows = [f.result() for f in futures]
+def _run_seeds(name: str, target, specs: list, workers: int | None,
+               out_dir) -> list[tuple[int, pd.DataFrame | None, Path]]:
+    """Train ``specs`` (one per seed) through the matrix's executor (each run in its own
+    worker process, results written as it finishes, resumable): (seed, records or None for a
+    run that produced none, its file) per spec."""
+    from harness import matrix
+
+    out = runs_dir(out_dir, name)
+    workers = workers or min(len(specs), len(os.sched_getaffinity(0)))
+    matrix.run_grid(specs, [], out, workers=workers, timeout_s=TIMEOUT_S, threads=1,
+                    retry_failed=True)
+    rows = []
+    for spec in specs:
+        path = matrix.cell_path(out, spec)
+        try:
+            records = results.load(path)
+        except results.ResultsError:
+            records = None
+        rows.append((spec.seed, records, path))
+    return rows
+
+
+def _frame(name: str, target, rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.insert(0, "algorithm", name)
     for col in ("backend", "task", "frames", "threshold", "source"):
@@ -93,36 +98,47 @@ def _seeds(name: str, target, seeds: int, workers: int | None, out_dir, job) -> 
     return frame
 
 
-def _one_recipe_seed(name: str, seed: int, runs_dir: str, device: str) -> dict:
-    import torch
+def _last(records: pd.DataFrame | None, metric: str) -> float:
+    if records is None:
+        return float("nan")
+    ok = records[(records["metric"] == metric) & (records["status"] == "ok")]
+    return float(ok["value"].iloc[-1]) if len(ok) else float("nan")
 
-    from harness import recipes
 
-    torch.set_num_threads(1)
-    run = recipes.run(name, seed=seed, device=device)
-    records = run.records
-    path = Path(runs_dir) / f"{name}-s{seed}-{records['run_id'].iloc[0]}.csv"
-    results.save(records, path)
-    values = records.groupby("metric")["value"].last()
-    recipe = recipes.get(name)
-    return {"seed": seed, "metric": recipe.success.metric,
-            "value": recipes.value_of(recipe, records),
-            "criterion": recipe.success.text(), "strict": recipe.success.strict,
-            "frames_to_success": float(values.get("frames_to_success", float("nan"))),
-            "curve": recipe.success.curve is not None,
-            "final_return": float(values.get("final_return", float("nan"))),
-            "wall_time_s": float(values.get("wall_time_s", float("nan"))), "file": str(path)}
+def run_target(algorithm: str, target, *, seeds: int = 3, workers: int | None = None,
+               out_dir: str | Path = "results/learning") -> pd.DataFrame:
+    """Train ``seeds`` runs of ``algorithm`` on ``target``; one row per seed."""
+    from harness import runs
+
+    overrides = tuple(runs.parse_overrides(algorithm, target.overrides).items())
+    specs = [runs.RunSpec(algorithm, target.backend, target.task, "cpu", seed,
+                          frames=target.frames, overrides=overrides) for seed in range(seeds)]
+    name = f"{algorithm}-{target.backend}-{target.task}"
+    rows = [{"seed": seed, "final_return": _last(records, "final_return"),
+             "wall_time_s": _last(records, "wall_time_s"), "file": str(path)}
+            for seed, records, path in _run_seeds(name, target, specs, workers, out_dir)]
+    return _frame(algorithm, target, rows)
 
 
 def run_recipe(name: str, *, seeds: int = 3, workers: int | None = None, device: str = "cpu",
                out_dir: str | Path = "results/learning") -> pd.DataFrame:
     """Train ``seeds`` runs of recipe ``name`` at its budget; one row per seed with its
     success criterion's ``metric`` and ``value`` (and ``final_return``)."""
-    from harness import recipes
+    from harness import recipes, runs
 
-    target = recipes.learning_target(recipes.get(name))
-    return _seeds(name, target, seeds, workers, out_dir,
-                  lambda s, runs_dir: (_one_recipe_seed, name, s, runs_dir, device))
+    recipe = recipes.get(name)
+    target = recipes.learning_target(recipe)
+    specs = [runs.spec_for(recipe=name, device=device, seed=seed) for seed in range(seeds)]
+    rows = []
+    for seed, records, path in _run_seeds(name, target, specs, workers, out_dir):
+        value = recipes.value_of(recipe, records) if records is not None else float("nan")
+        rows.append({"seed": seed, "metric": recipe.success.metric, "value": value,
+                     "criterion": recipe.success.text(), "strict": recipe.success.strict,
+                     "frames_to_success": _last(records, "frames_to_success"),
+                     "curve": recipe.success.curve is not None,
+                     "final_return": _last(records, "final_return"),
+                     "wall_time_s": _last(records, "wall_time_s"), "file": str(path)})
+    return _frame(name, target, rows)
 
 
 def met(rows: pd.DataFrame) -> bool:

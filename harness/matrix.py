@@ -33,8 +33,6 @@ budget (``RunSpec.recipe``); their records carry the recipe's name in the ``algo
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import multiprocessing as mp
 import os
 import signal
@@ -47,8 +45,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import atomic, results
+from harness import atomic, results, runs
 from harness.errors import ResultsError, UsageError
+from harness.runs import RunSpec
 
 #: tasks a backend runs in the matrix unless ``--tasks`` names them: ``--quick`` takes the first
 #: one whose actions fit the algorithm, the full grid every one that fits
@@ -66,57 +65,16 @@ QUICK_FRAMES: dict[str, int] = {
 QUICK_FRAMES_DEFAULT = 2048
 #: Config overrides of ``--quick`` cells (before the user's ``--set``): the deterministic
 #: evaluation of the final policy runs 2 episodes instead of 10
-QUICK_OVERRIDES: tuple[str, ...] = ("eval_episodes=2",)
+QUICK_OVERRIDES: dict[str, object] = {"eval_episodes": 2}
 #: the modules every worker process imports once, in the forkserver
 PRELOAD = ["torch", "tensordict", "torchrl", "gymnasium", "dm_control.suite", "harness.training",
-           "harness.backends", "harness.recipes",
+           "harness.backends", "harness.recipes", "harness.runs",
            "reference_impls.ppo", "reference_impls.dqn", "reference_impls.ddpg",
            "reference_impls.recurrent_dqn", "reference_impls.recurrent_ppo"]
 FAILED = ("failed", "timeout")
 
 
 # --------------------------------------------------------------------------- grid
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One cell: a training run of ``algorithm`` on ``backend``/``task`` on ``device``.
-
-    ``frames``/``num_envs`` None: the algorithm's own budget / batch for the task (its preset);
-    ``overrides``: ``FIELD=VALUE`` Config overrides applied to every cell. ``recipe``: the cell
-    runs that recipe (``harness.recipes``; ``algorithm``/``backend``/``task`` are the recipe's,
-    ``frames`` None is its budget, ``overrides`` come on top of its settings); its results'
-    ``algorithm`` column is the recipe's name.
-    """
-
-    algorithm: str
-    backend: str
-    task: str
-    device: str
-    seed: int
-    frames: int | None = None
-    num_envs: int | None = None
-    overrides: tuple[str, ...] = ()
-    recipe: str | None = None
-
-    @property
-    def key(self) -> str:
-        """File-name-safe identity of the cell (resuming matches on it)."""
-        parts = [self.recipe or self.algorithm, self.backend, self.task,
-                 self.device.replace(":", ""), f"n{self.num_envs or 'D'}",
-                 f"f{self.frames or 'D'}", f"s{self.seed}"]
-        if self.overrides:
-            parts.append(hashlib.sha1("\0".join(self.overrides).encode()).hexdigest()[:8])
-        return "-".join(parts)
-
-    def label(self) -> str:
-        name = f"{self.recipe} ({self.algorithm})" if self.recipe else self.algorithm
-        return (f"{name} {self.backend}/{self.task} {self.device} "
-                f"n={self.num_envs or 'default'} seed {self.seed}")
-
-    def context(self) -> dict:
-        return dict(algorithm=self.recipe or self.algorithm, backend=self.backend,
-                    task=self.task, device=self.device, num_envs=self.num_envs, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -207,7 +165,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
             d = str(devices.check_device(name))
             if d not in wanted:
                 wanted.append(d)
-    _check_overrides(grid)
+    typed = _typed_overrides(grid)
 
     specs, skips = [], []
     for algorithm in grid.algorithms:
@@ -223,10 +181,8 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
                             frames = grid.frames
                             if frames is None and grid.quick:
                                 frames = QUICK_FRAMES.get(algorithm, QUICK_FRAMES_DEFAULT)
-                            overrides = (QUICK_OVERRIDES if grid.quick else ()) + tuple(
-                                grid.overrides)
                             spec = RunSpec(algorithm, backend, task, device, seed, frames,
-                                           num_envs, overrides)
+                                           num_envs, typed[algorithm])
                             why = reason or device_skips.get(device)
                             if why is None and task not in backends.available_tasks(backend):
                                 why = f"backend {backend} has no task {task!r}"
@@ -246,9 +202,8 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
                     frames = grid.frames
                     if frames is None and grid.quick:
                         frames = QUICK_FRAMES.get(recipe.algorithm, QUICK_FRAMES_DEFAULT)
-                    overrides = (QUICK_OVERRIDES if grid.quick else ()) + tuple(grid.overrides)
                     spec = RunSpec(recipe.algorithm, recipe.backend, recipe.task, device, seed,
-                                   frames, num_envs, overrides, recipe=name)
+                                   frames, num_envs, typed[recipe.algorithm], recipe=name)
                     why = device_skips.get(device)
                     (skips.append(Skip(spec, why)) if why else specs.append(spec))
     if not specs:
@@ -271,27 +226,21 @@ def _tasks(grid: Grid, algorithm: str, kinds, backend: str) -> tuple[list[str], 
     return (fits[:1] if grid.quick else fits), None
 
 
-def _check_overrides(grid: Grid) -> None:
-    """Each ``FIELD=VALUE`` must be a Config field of every algorithm of the grid."""
-    if not grid.overrides:
-        return
-    from harness import training
-
+def _typed_overrides(grid: Grid) -> dict[str, tuple]:
+    """Per algorithm of the grid (its recipes' too): the cells' typed overrides, ``--quick``'s
+    then the user's ``FIELD=VALUE`` items parsed against that algorithm's Config
+    (``runs.parse_overrides``: UsageError for a field it lacks or a value of the wrong type)."""
     algorithms = list(grid.algorithms)
     if grid.recipes:
         from harness import recipes
 
         algorithms += [recipes.get(name).algorithm for name in grid.recipes]
+    out = {}
     for algorithm in dict.fromkeys(algorithms):
-        module = training.algorithm_module(algorithm)
-        fields = {f.name: f for f in dataclasses.fields(module.Config)}
-        for item in grid.overrides:
-            name, sep, text = item.partition("=")
-            if not sep or name not in fields or name in {"backend", "task"}:
-                valid = ", ".join(n for n in fields if n not in {"backend", "task"})
-                raise UsageError(f"bad override {item!r} for {algorithm}: expected FIELD=VALUE "
-                                 f"with FIELD one of {valid}")
-            training._parse_field(name, text, fields[name].default)
+        typed = dict(QUICK_OVERRIDES) if grid.quick else {}
+        typed.update(runs.parse_overrides(algorithm, grid.overrides))
+        out[algorithm] = tuple(typed.items())
+    return out
 
 
 # --------------------------------------------------------------------------- one cell (worker)
@@ -319,60 +268,8 @@ def cell_message(spec: RunSpec, threads: int, plugins: str | None) -> tuple:
 
 
 def run_cell(spec: RunSpec, threads: int = 1) -> pd.DataFrame:
-    """Train ``spec`` in this process: the run's records plus ``peak_rss_mb`` (and
-    ``cuda_peak_mb`` on CUDA), ``frames_to_threshold``/``time_to_threshold_s`` where the task
-    has a ``solved`` return and the training return reached it."""
-    import resource
-
-    import torch
-
-    from harness import backends, training
-
-    torch.set_num_threads(threads)
-    if spec.recipe:
-        from harness import recipes
-
-        recipe, module, config = recipes.resolve(
-            spec.recipe, device=spec.device, frames=spec.frames, seed=spec.seed,
-            num_envs=spec.num_envs, overrides=spec.overrides)
-    else:
-        module, config = training.resolve_run(
-            spec.algorithm, backend=spec.backend, task=spec.task, device=spec.device,
-            frames=spec.frames, seed=spec.seed, num_envs=spec.num_envs,
-            overrides=spec.overrides)
-    if config.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(config.device)
-    records = module.train(config).records
-    if spec.recipe:
-        records = recipes.finish(recipe, records)
-    extra = [{"metric": "peak_rss_mb", "unit": "MB",
-              "value": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}]
-    if config.device.startswith("cuda"):
-        extra.append({"metric": "cuda_peak_mb", "unit": "MB",
-                      "value": torch.cuda.max_memory_allocated(config.device) / 2**20})
-    solved = backends.get_task(spec.backend, spec.task).solved
-    if solved is not None:
-        extra += threshold_rows(records, solved)
-    first = records.iloc[0]
-    context = {c: first[c] for c in ("run_id", "algorithm", "backend", "task", "device",
-                                     "num_envs", "seed")}
-    return pd.concat([records, results.make_records(extra, **context)], ignore_index=True)
-
-
-def threshold_rows(records: pd.DataFrame, threshold: float) -> list[dict]:
-    """``threshold`` (the task's solved return) and, when the training ``episode_return``
-    curve reached it, the frames and seconds (``elapsed_s`` at that point) it took."""
-    rows = [{"metric": "threshold", "value": threshold, "unit": "return"}]
-    curve = records[records["metric"] == "episode_return"]
-    hit = curve[curve["value"] >= threshold]
-    if len(hit):
-        frames = int(hit["frames"].iloc[0])
-        elapsed = records[(records["metric"] == "elapsed_s") & (records["frames"] == frames)]
-        rows.append({"metric": "frames_to_threshold", "value": frames, "unit": "frames"})
-        if len(elapsed):
-            rows.append({"metric": "time_to_threshold_s", "unit": "s",
-                         "value": float(elapsed["value"].iloc[0])})
-    return rows
+    """Train ``spec`` in this process: its finished records (``harness.runs``)."""
+    return runs.train(spec, threads=threads)[1].records
 
 
 def _one_line(exc: BaseException) -> str:
@@ -570,12 +467,8 @@ def record_message(out: Path, spec: RunSpec, outcome: Outcome, message: tuple,
     _, records, work_s = message
     overhead = max(cell_wall_s - work_s, 0.0)
     outcome.overheads.append(overhead)
-    first = records.iloc[0]
-    context = {c: first[c] for c in ("run_id", "algorithm", "backend", "task", "device",
-                                     "num_envs", "seed")}
-    records = pd.concat([records, results.make_records(
-        [{"metric": "worker_overhead_s", "value": overhead, "unit": "s"}], **context)],
-        ignore_index=True)
+    records = runs.extend(records, [{"metric": "worker_overhead_s", "value": overhead,
+                                     "unit": "s"}])
     results.save(records, cell_path(out, spec))
     status = cell_status(cell_path(out, spec)) or "ok"
     outcome.count(status)
@@ -596,20 +489,8 @@ def _resolved_context(spec: RunSpec) -> dict:
     to the algorithm, so that a failed run sits in the same table cell as its siblings."""
     context = spec.context()
     if spec.num_envs is None:
-        from harness import training
-
         try:
-            if spec.recipe:
-                from harness import recipes
-
-                _, _, config = recipes.resolve(spec.recipe, device=spec.device,
-                                               frames=spec.frames, seed=spec.seed,
-                                               overrides=spec.overrides)
-            else:
-                _, config = training.resolve_run(
-                    spec.algorithm, backend=spec.backend, task=spec.task, device=spec.device,
-                    frames=spec.frames, seed=spec.seed, overrides=spec.overrides)
-            context["num_envs"] = config.num_envs
+            context["num_envs"] = runs.resolve(spec).config.num_envs
         except Exception:  # noqa: BLE001 -- best effort: an unresolvable cell keeps None
             pass
     return context
@@ -655,4 +536,4 @@ def default_workers(threads: int = 1) -> int:
 
 __all__ = ["DEFAULT_TASKS", "QUICK_FRAMES", "Grid", "Outcome", "RunSpec", "Skip", "expand",
            "cell_message", "measure_overhead", "pending", "record_failure", "record_message",
-           "run_cell", "run_grid", "threshold_rows"]
+           "run_cell", "run_grid"]

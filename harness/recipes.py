@@ -10,7 +10,7 @@ schedule, a pixel observation path with a ``ConvNet`` trunk, a memory-mapped rep
 CSV logging...).
 
 - ``python -m harness train --recipe NAME [--frames N] [--device D] [--seed S]``: one run;
-- ``python -m harness run --recipes A,B ...``: matrix cells (``harness.matrix.RunSpec.recipe``);
+- ``python -m harness run --recipes A,B ...``: matrix cells (``harness.runs.RunSpec.recipe``);
 - ``nox -s learning``: each recipe's success criterion within its budget, 3 seeds
   (``harness.learning.recipe_targets``);
 - ``bench/bench_recipes.py``: collection and update throughput per recipe, and what the pixel
@@ -20,14 +20,14 @@ Results. A recipe run's records carry the recipe's name in the ``algorithm`` col
 ``tutorial-ppo``, not ``ppo``): the report pivots on that column, so a recipe gets its own column
 in every table instead of being pooled with the reference settings of the same algorithm on the
 same task (different hyper-parameters, different numbers); ``python -m harness list`` shows which
-algorithm each recipe runs. ``finish`` adds the success criterion's rows: the criterion's metric
-(e.g. ``max_step_count``, the longest episode of the run), ``success`` (1 or 0),
-``success_threshold`` and, when reached, ``frames_to_success``.
+algorithm each recipe runs. A recipe run is resolved and finished like any run
+(``harness.runs``); finishing adds the success criterion's rows (``success_rows``): the
+criterion's metric (e.g. ``max_step_count``, the longest episode of the run), ``success`` (1 or
+0), ``success_threshold`` and, when reached, ``frames_to_success``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness import registry, results
+from harness import registry
 
 
 @dataclass(frozen=True)
@@ -86,18 +86,6 @@ class Recipe:
     learning_device: str = "cpu"
     """Device of the slow learning test; ``cuda``: skipped where there is no GPU."""
 
-    def override_items(self) -> list[str]:
-        """``overrides`` as ``FIELD=VALUE`` strings (``python -m harness train --set`` form)."""
-        return [f"{name}={_text(value)}" for name, value in self.overrides.items()]
-
-
-def _text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple | list):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
 
 RECIPES = registry.Registry("recipe")
 
@@ -130,34 +118,6 @@ def available() -> list[Recipe]:
     return [get(name) for name in RECIPES.available()]
 
 
-def resolve(name: str, *, device: str = "cpu", frames: int | None = None, seed: int = 0,
-            num_envs: int | None = None, overrides: tuple[str, ...] | list[str] = ()):
-    """Check every input, then build the run's Config: ``(recipe, module, config)``.
-
-    The Config is the algorithm's ``config_for(backend, task)`` with the recipe's overrides,
-    then the caller's ``FIELD=VALUE`` overrides; ``frames`` defaults to the recipe's budget.
-    UsageError (one line) for an unknown or unavailable recipe and every bad value
-    ``harness.training.resolve_run`` rejects.
-    """
-    from harness import training
-
-    recipe = get(name)
-    RECIPES.require_available(name)
-    module, config = training.resolve_run(
-        recipe.algorithm, backend=recipe.backend, task=recipe.task, device=device,
-        frames=recipe.frames if frames is None else frames, seed=seed, num_envs=num_envs,
-        overrides=(*recipe.override_items(), *overrides))
-    return recipe, module, config
-
-
-def run(name: str, *, progress=None, **kwargs):
-    """Train recipe ``name`` in this process (``resolve``'s keywords): a ``TrainResult`` whose
-    records are ``finish``-ed."""
-    recipe, module, config = resolve(name, **kwargs)
-    result = module.train(config, progress=progress)
-    return dataclasses.replace(result, records=finish(recipe, result.records))
-
-
 def success_rows(recipe: Recipe, records: pd.DataFrame) -> list[dict]:
     """The criterion's rows for a run's records (none when the run did not record its metric,
     e.g. ``final_return`` with ``eval_episodes=0``)."""
@@ -182,19 +142,6 @@ def success_rows(recipe: Recipe, records: pd.DataFrame) -> list[dict]:
     rows.append({"metric": "success", "value": float(crit.met(value)), "unit": "bool"})
     rows.append({"metric": "success_threshold", "value": crit.threshold, "unit": crit.unit})
     return rows
-
-
-def finish(recipe: Recipe, records: pd.DataFrame) -> pd.DataFrame:
-    """A recipe run's records: ``algorithm`` = the recipe's name, plus ``success_rows``."""
-    records = records.copy()
-    records["algorithm"] = recipe.name
-    rows = success_rows(recipe, records)
-    if not rows:
-        return records
-    first = records.iloc[0]
-    context = {c: first[c] for c in ("run_id", "algorithm", "backend", "task", "device",
-                                     "num_envs", "seed")}
-    return pd.concat([records, results.make_records(rows, **context)], ignore_index=True)
 
 
 def value_of(recipe: Recipe, records: pd.DataFrame) -> float:

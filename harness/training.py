@@ -32,7 +32,6 @@ from tensordict.nn import TensorDictModuleBase
 
 from harness import results
 from harness.devices import synchronize
-from harness.errors import UsageError
 from harness.timing import Sections
 
 Progress = Callable[[int, int, Mapping[str, float]], None]
@@ -282,121 +281,6 @@ def env_dims(env) -> EnvDims:
         return EnvDims(obs_dim, "discrete", int(spec.space.n), None, None)
     return EnvDims(obs_dim, "continuous", int(spec.shape[-1]), spec.space.low.clone(),
                    spec.space.high.clone())
-
-
-# --------------------------------------------------------------------------- algorithms
-
-
-def algorithm_module(name: str):
-    """The reference implementation module registered as ``name`` (UsageError otherwise)."""
-    import importlib
-
-    from harness import registry
-
-    registry.load_builtins()
-    return importlib.import_module(registry.ALGORITHMS.get(name).value)
-
-
-def check_fits(algorithm: str, backend: str, task: str) -> None:
-    """UsageError, naming the tasks that fit, when ``algorithm`` cannot act in ``task``."""
-    from harness import backends, registry
-
-    registry.load_builtins()
-    kinds = registry.ALGORITHMS.get(algorithm).meta["action_kinds"]
-    kind = backends.get_task(backend, task).action_kind
-    if kind not in kinds:
-        fits = [f"{b}/{t}" for k in kinds for b, t in backends.tasks_for(k)]
-        raise UsageError(f"{algorithm} needs {' or '.join(kinds)} actions, but {backend}/{task} "
-                         f"has {kind} actions; tasks that fit {algorithm}: {', '.join(fits)}")
-
-
-def resolve_run(algorithm: str, *, backend: str, task: str, device: str = "cpu",
-                frames: int | None = None, seed: int = 0, num_envs: int | None = None,
-                overrides: list[str] | tuple[str, ...] = ()):
-    """Check every input of one training run, then build its Config: ``(module, config)``.
-
-    Raises UsageError (one line naming the bad value and the valid choices) for an unknown
-    algorithm, backend, task or device, a task whose actions do not fit the algorithm, a
-    non-positive budget, a negative seed or an unknown/ill-typed ``FIELD=VALUE`` override.
-    """
-    from harness import backends, registry
-    from harness.devices import check_device
-
-    registry.load_builtins()
-    registry.ALGORITHMS.get(algorithm)
-    registry.ALGORITHMS.require_available(algorithm)
-    registry.BACKENDS.get(backend)
-    backends.get_task(backend, task)
-    registry.BACKENDS.require_available(backend)
-    check_fits(algorithm, backend, task)
-    check_device(device)
-    if frames is not None and frames < 1:
-        raise UsageError(f"--frames must be a positive number of env frames, got {frames}")
-    if seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {seed}")
-    if num_envs is not None and num_envs < 1:
-        raise UsageError(f"--num-envs must be >= 1, got {num_envs}")
-    module = algorithm_module(algorithm)
-    fields = {f.name: f for f in dataclasses.fields(module.Config)}
-    changes: dict = {"device": device, "seed": seed}
-    if frames is not None:
-        changes["frames"] = frames
-    if num_envs is not None:
-        changes["num_envs"] = num_envs
-    for item in overrides:
-        name, sep, text = item.partition("=")
-        if not sep or name not in fields or name in {"backend", "task"}:
-            valid = ", ".join(n for n in fields if n not in {"backend", "task"})
-            raise UsageError(f"bad override {item!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{valid}")
-        changes[name] = _parse_field(name, text, fields[name].default)
-    return module, module.config_for(backend, task, **changes)
-
-
-def _parse_field(name: str, text: str, default):
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
-                raise ValueError
-            return text.lower() in {"true", "1", "yes"}
-        if isinstance(default, tuple):
-            kind = type(default[0]) if default else int
-            return tuple(kind(x) for x in text.split(",") if x)
-        if default is None:
-            return text
-        return type(default)(text)
-    except ValueError:
-        raise UsageError(f"bad value {text!r} for {name} (expected "
-                         f"{type(default).__name__}, default {default!r})") from None
-
-
-def summary(records: pd.DataFrame, config: BaseConfig) -> str:
-    """The one-screen end-of-run report of ``python -m harness train``."""
-    values = records.groupby("metric")["value"].last()
-
-    def get(metric, fmt="{:.1f}"):
-        return fmt.format(values[metric]) if metric in values else "n/a"
-
-    split = {k: values.get(f"{k}_time_s", math.nan) for k in ("env", "policy", "update")}
-    total = sum(v for v in split.values() if v == v) or math.nan
-    share = ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in split.items() if v == v)
-    curve = records[records["metric"] == "episode_return"]
-    last = curve["value"].tail(10).mean() if len(curve) else math.nan
-    failed = records[records["status"] != "ok"]
-    lines = [
-        f"{records['algorithm'].iloc[0]} on {config.backend}/{config.task}, {config.device}, "
-        f"{config.num_envs} env(s), seed {config.seed}",
-        f"  frames          {int(curve['frames'].max()) if len(curve) else config.frames:,}",
-        f"  final return    {get('final_return')} (deterministic policy)",
-        f"  training return {last:.1f} (mean of the last 10 batches' episodes)",
-        f"  wall time       {get('wall_time_s')} s: {share}",
-        f"  frames/s        {get('collect_fps', '{:,.0f}')} collecting, "
-        f"{get('train_fps', '{:,.0f}')} overall",
-    ]
-    if len(failed):
-        lines.append(f"  PROBLEMS        {len(failed)} row(s): "
-                     + "; ".join(sorted(set(failed['error'])))[:300])
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- end of a run

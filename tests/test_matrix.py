@@ -336,3 +336,21 @@ def test_compare_does_not_turn_a_change_of_hardware_into_a_verdict(tmp_path):
     proc = rlgauge("compare", str(tmp_path / "base"), str(tmp_path / "head"),
                    "--metrics", "train_fps", "--across-hardware")
     assert proc.returncode == 1 and "REGRESSION" in proc.stdout
+
+
+def test_train_and_run_record_the_same_metrics_for_the_same_spec(tmp_path):
+    """One resolver and one finisher (``harness.runs``): ``train`` and a ``run`` cell of the
+    same spec record the same metric set -- ``peak_rss_mb`` and the task's ``threshold`` rows
+    included -- the cell adding only its executor's ``worker_overhead_s``. Fails if either path
+    finishes its records on its own (``train`` used to record neither)."""
+    args = ["--frames", "512", "--set", "eval_episodes=1", "--set", "num_envs=2"]
+    train = rlgauge("train", "ppo", "--backend", "gymnasium", "--task", "cartpole", *args,
+                    "--out", str(tmp_path / "train"))
+    assert train.returncode == 0, train.stderr
+    grid = rlgauge("run", "--algorithms", "ppo", "--backends", "gymnasium", "--tasks",
+                   "cartpole", *args, "--no-report", "--out", str(tmp_path / "run"))
+    assert grid.returncode == 0, grid.stderr
+    trained = set(results.load(tmp_path / "train")["metric"])
+    cell = set(results.load(tmp_path / "run" / "cells")["metric"])
+    assert {"peak_rss_mb", "threshold", "final_return", "train_fps"} <= trained
+    assert cell - trained == {"worker_overhead_s"} and trained <= cell

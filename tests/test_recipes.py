@@ -23,7 +23,7 @@ from torchrl.envs import (
 )
 from torchrl.envs.utils import check_env_specs
 
-from harness import learning, matrix, recipes, results
+from harness import learning, matrix, recipes, results, runs
 from harness.training import add_primers
 
 NAMES = ["tutorial-ppo", "tutorial-recurrent-dqn", "tutorial-dqn", "tutorial-ddpg"]
@@ -47,7 +47,17 @@ def _resolve(name, tmp_path, *extra, device="cpu"):
     frames = next(int(o.split("=")[1]) for o in PROBE[name] if o.startswith("frames="))
     if name == "tutorial-dqn":
         overrides.append(f"csv_log_dir={tmp_path / 'csv'}")
-    return recipes.resolve(name, device=device, frames=frames, overrides=[*overrides, *extra])
+    resolved = runs.resolve(runs.spec_for(recipe=name, device=device, frames=frames,
+                                          overrides=[*overrides, *extra]))
+    return resolved.recipe, resolved.module, resolved.config
+
+
+def _typed(name, tmp_path) -> dict:
+    """PROBE[name]'s overrides (frames aside) as typed Config values."""
+    overrides = [o for o in PROBE[name] if not o.startswith("frames=")]
+    if name == "tutorial-dqn":
+        overrides.append(f"csv_log_dir={tmp_path / 'csv'}")
+    return runs.parse_overrides(recipes.get(name).algorithm, overrides)
 
 
 # --------------------------------------------------------------------------- registry
@@ -64,7 +74,8 @@ def test_recipes_registered_on_reference_algorithms():
 
 
 def test_tutorial_ppo_has_the_tutorials_hyper_parameters():
-    _, module, config = recipes.resolve("tutorial-ppo")
+    resolved = runs.resolve(runs.spec_for(recipe="tutorial-ppo"))
+    module, config = resolved.module, resolved.config
     assert module.__name__ == "reference_impls.ppo"
     assert (config.backend, config.task, config.frames) == ("gymnasium",
                                                             "inverted-double-pendulum", 1_000_000)
@@ -78,7 +89,7 @@ def test_tutorial_ppo_has_the_tutorials_hyper_parameters():
 def test_cosine_schedule_is_torchs_cosine_annealing_stepped_per_batch():
     from reference_impls import ppo
 
-    _, _, config = recipes.resolve("tutorial-ppo")
+    config = runs.resolve(runs.spec_for(recipe="tutorial-ppo")).config
     per_batch, batches = 150, 50  # 10 epochs x 15 minibatches; the docs' 50k frames / 1000
     config = config.replace(frames=50_000)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
@@ -94,7 +105,7 @@ def test_cosine_schedule_is_torchs_cosine_annealing_stepped_per_batch():
 
 def test_override_that_is_not_a_config_field_is_one_clear_error():
     with pytest.raises(Exception, match="bad override 'nope=1'"):
-        recipes.resolve("tutorial-dqn", overrides=["nope=1"])
+        runs.resolve(runs.spec_for(recipe="tutorial-dqn", overrides=["nope=1"]))
 
 
 # --------------------------------------------------------------------------- envs and modules
@@ -212,8 +223,10 @@ def test_recipe_runs_a_probe_budget_and_reports_its_criterion(name, tmp_path, si
     # on CUDA too where a GPU is lent: tutorial-recurrent-dqn's learning test runs only there
     recipe, module, config = _resolve(name, tmp_path, device=str(sim_device))
     torch.manual_seed(0)
-    run = module.train(config)
-    records = recipes.finish(recipe, run.records)
+    resolved = runs.resolve(runs.spec_for(recipe=name, device=str(sim_device),
+                                          frames=config.frames,
+                                          overrides=dict(_typed(name, tmp_path))))
+    records = runs.run(resolved).records
     assert set(records["algorithm"]) == {name}  # the recipe is the table's column
     assert (records["status"] == "ok").all(), records[records["status"] != "ok"]
     values = records.groupby("metric")["value"].last()
@@ -301,8 +314,7 @@ def test_matrix_recipe_cells_carry_the_recipe(tmp_path):
     assert plain[0].key != matrix.RunSpec("dqn", "gymnasium", "cartpole", "cpu", 0,
                                           recipe="tutorial-dqn").key
     cell = matrix.RunSpec("dqn", "gymnasium", "cartpole", "cpu", 0, frames=300,
-                          overrides=(*PROBE["tutorial-dqn"][1:],
-                                     f"csv_log_dir={tmp_path / 'csv'}"),
+                          overrides=tuple(_typed("tutorial-dqn", tmp_path).items()),
                           recipe="tutorial-dqn")
     records = matrix.run_cell(cell)
     assert set(records["algorithm"]) == {"tutorial-dqn"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from harness import training
+from harness import runs, training
 from harness.errors import UsageError
 
 
@@ -42,15 +42,22 @@ def test_episode_returns_constant_reward_horizon():
     assert tracker(_batch(torch.ones(2, 4), done)).tolist() == [6.0, 6.0]
 
 
-def test_resolve_run_rejects_bad_overrides_and_budgets():
+def test_resolve_rejects_bad_overrides_and_budgets():
+    def resolve(**kw):
+        return runs.resolve(runs.spec_for(**{"algorithm": "ppo", "backend": "probe",
+                                             "task": "bandit", **kw}))
+
     with pytest.raises(UsageError, match="bad override 'colour=red'"):
-        training.resolve_run("ppo", backend="probe", task="bandit", overrides=["colour=red"])
+        resolve(overrides=["colour=red"])
     with pytest.raises(UsageError, match="bad value 'fast' for lr"):
-        training.resolve_run("ppo", backend="probe", task="bandit", overrides=["lr=fast"])
+        resolve(overrides=["lr=fast"])
+    with pytest.raises(UsageError, match="bad value 'fast' for lr"):  # typed, too
+        resolve(overrides={"lr": "fast"})
     with pytest.raises(UsageError, match="--frames must be a positive"):
-        training.resolve_run("ppo", backend="probe", task="bandit", frames=0)
+        resolve(frames=0)
     with pytest.raises(UsageError, match="unknown algorithm 'a2c'; valid: ppo"):
-        training.resolve_run("a2c", backend="probe", task="bandit")
-    _, config = training.resolve_run("ppo", backend="probe", task="bandit",
-                                     overrides=["hidden=32,32", "anneal_lr=false", "lr=1e-4"])
+        resolve(algorithm="a2c")
+    config = resolve(overrides=["hidden=32,32", "anneal_lr=false", "lr=1e-4"]).config
     assert config.hidden == (32, 32) and config.anneal_lr is False and config.lr == 1e-4
+    typed = resolve(overrides={"hidden": (32, 32), "anneal_lr": False, "lr": 1e-4}).config
+    assert typed == config
