@@ -17,23 +17,32 @@ import tempfile
 from pathlib import Path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent directories are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _replace(dest: Path, fill) -> Path:
+    """Make a temp file beside ``dest``, ``fill(temp_path)`` it, rename it over ``dest`` and make
+    the rename durable; the temp file is removed if anything fails."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fill(tmp)
+        os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _sync_dir(path.parent)
-    return path
+    _sync_dir(dest.parent)
+    return dest
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (parent directories are created)."""
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _replace(Path(path), fill)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -49,19 +58,7 @@ def write_json(path: str | os.PathLike, data, **dump_kwargs) -> Path:
 def copy(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Copy ``src`` to ``dest`` atomically (metadata too, as ``shutil.copy2``): ``dest`` gets a
     new inode, an existing ``dest`` is replaced, never written through."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _sync_dir(dest.parent)
-    return dest
+    return _replace(Path(dest), lambda tmp: shutil.copy2(src, tmp))
 
 
 def _sync_dir(directory: Path) -> None:

@@ -295,6 +295,7 @@ def _selftest_child(path: str) -> None:
     "@fail" why it failed (exit 1), "@ok" that all passed. Its parent names the stage a death
     happened in."""
     from harness.torchrl_ext import selftest_fail as fail
+    from harness.torchrl_ext import selftest_must_raise
     from harness.torchrl_ext import selftest_stage as stage
 
     stage("importing torch")
@@ -344,17 +345,10 @@ def _selftest_child(path: str) -> None:
                 compare(what, module.td_lambda(*args, nv, r, done, term, time_dim),
                         td_lambda_return_scan(*scan_args, nv, r, done, term,
                                               time_dim=time_dim), dtype)
-    stage("the bad-shape call")
     v = torch.zeros(2, 10, 1)
     d = torch.zeros(2, 10, 1, dtype=torch.bool)
-    try:
-        module.gae(0.9, 0.8, None, None, v, v[:, :5], v, d, d, -2)
-    except RuntimeError as exc:
-        if "must share a unique shape" not in str(exc):
-            fail(f"the bad-shape call raised RuntimeError({str(exc)[:100]!r}), not the shape error")
-    except Exception as exc:  # any other outcome is a failure to report
-        fail(f"the bad-shape call raised {type(exc).__name__}, not RuntimeError")
-    else:
-        fail("the bad-shape call did not raise")
+    selftest_must_raise("the bad-shape call",
+                        lambda: module.gae(0.9, 0.8, None, None, v, v[:, :5], v, d, d, -2),
+                        "must share a unique shape")
     stage("exiting")
     print("@ok", flush=True)

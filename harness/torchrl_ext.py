@@ -303,6 +303,23 @@ def selftest_fail(why: str) -> None:
     raise SystemExit(1)
 
 
+def selftest_must_raise(what: str, call, needle: str | None = None, *,
+                        detail: str = "") -> None:
+    """In a self-test child: ``call()`` must raise RuntimeError (whose text holds ``needle``,
+    if given): a C++ exception crossing the extension boundary. Anything else fails the test;
+    a crash kills the child (named by the stage announced here: ``what`` and ``detail``)."""
+    selftest_stage(f"{what} ({detail})" if detail else what)
+    try:
+        call()
+    except RuntimeError as exc:
+        if needle is not None and needle not in str(exc):
+            selftest_fail(f"{what} raised RuntimeError({str(exc)[:100]!r}), not the one expected")
+    except Exception as exc:  # any other outcome is a failure to report
+        selftest_fail(f"{what} raised {type(exc).__name__}, not RuntimeError")
+    else:
+        selftest_fail(f"{what} did not raise")
+
+
 def _text(out) -> str:
     if out is None:
         return ""
@@ -461,15 +478,8 @@ def _selftest_child(so: str) -> None:
     # which must reach Python as RuntimeError. (Wrong dtypes or sizes do not: the CPU trees
     # check those with assert(), which aborts in this build, as cpp_extension leaves NDEBUG
     # unset.)
-    stage("the bad-input call (a sparse index into SumSegmentTreeFp32.at)")
     tree = ext.SumSegmentTreeFp32(8)
-    try:
-        tree.at(torch.tensor([0, 1]).to_sparse())
-    except RuntimeError:
-        pass
-    except Exception as exc:  # any other outcome is a failure to report
-        fail(f"the bad-input call raised {type(exc).__name__}, not RuntimeError")
-    else:
-        fail("the bad-input call did not raise")
+    selftest_must_raise("the bad-input call", lambda: tree.at(torch.tensor([0, 1]).to_sparse()),
+                        detail="a sparse index into SumSegmentTreeFp32.at")
     stage("exiting")
     print("@ok", flush=True)
