@@ -152,86 +152,8 @@ def transitions(n: int, *, obs_dim: int = 4, min_len: int = 32, max_len: int = 2
     }, batch_size=[n])
 
 
-# --------------------------------------------------------------------------- gate validity knob
-# TEST ONLY. The regression gate's validity study (``python -m harness.gate validity``) and
-# tests/test_gate.py inject known slowdowns through this variable; asv runs never read it.
-
-INJECT_SLOWDOWN_ENV = "RLGAUGE_INJECT_SLOWDOWN"
-
-
-def injected_slowdown(benchmark: str, spec: str | None = None) -> float:
-    """The fraction of extra work ``RLGAUGE_INJECT_SLOWDOWN`` (or ``spec``) asks for on
-    ``benchmark`` (a gate case id such as ``bench_gae.GAE.time_gae(device=cpu, ...)``).
-
-    The value is ``REGEX=FRACTION`` items separated by ``;``; the first item whose regex
-    ``re.search``-es the id wins (the split is on the item's last ``=``, so a regex may contain
-    ``=``). 0.0 when the variable is unset or nothing matches. Example: ``GAE=0.10;Sample=0.05``.
-    """
-    import re
-
-    spec = os.environ.get(INJECT_SLOWDOWN_ENV, "") if spec is None else spec
-    for item in filter(None, (s.strip() for s in spec.split(";"))):
-        pattern, sep, value = item.rpartition("=")
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = -1.0
-        if not sep or not pattern or not fraction >= 0:
-            raise ValueError(f"{INJECT_SLOWDOWN_ENV} item {item!r} is not REGEX=FRACTION with a "
-                             f"fraction >= 0 (e.g. 'GAE=0.10')")
-        if re.search(pattern, benchmark):
-            return fraction
-    return 0.0
-
-
-def _spin(iterations: int) -> int:
-    """The injected work: a pure-Python integer loop (slows down with the machine, as the
-    benchmark does, unlike a sleep)."""
-    total = 0
-    for i in range(iterations):
-        total += i % 7
-    return total
-
-
-def spin_rate(probe: int = 20_000, repeat: int = 5) -> float:
-    """Iterations of ``_spin`` per CPU second of this process, now: the fastest of ``repeat``
-    timings (``time.process_time``: time spent waiting for a CPU is not counted)."""
-    import time
-
-    times = []
-    for _ in range(repeat):
-        t0 = time.process_time()
-        _spin(probe)
-        times.append(time.process_time() - t0)
-    return probe / max(min(times), 1e-9)
-
-
-def slowed_down(benchmark: str, call, spec: str | None = None):
-    """``call`` itself when nothing is injected into ``benchmark``; otherwise ``call`` wrapped
-    so that each call is followed by ``fraction`` x (the call's own uncontended CPU cost) of
-    extra CPU work, measured as it runs: the 10th percentile of the CPU seconds of its last 15
-    calls, as ``spin_rate`` takes the fastest probe (``fraction`` from
-    ``injected_slowdown``). ``wrapped.iterations`` lists the work done per call."""
-    import time
-
-    fraction = injected_slowdown(benchmark, spec)
-    if fraction <= 0:
-        return call
-    rate = spin_rate()
-    durations: list[float] = []
-
-    def wrapped():
-        t0 = time.process_time()
-        result = call()
-        durations.append(time.process_time() - t0)
-        recent = sorted(durations[-15:])
-        iterations = round(fraction * recent[(len(recent) - 1) // 10] * rate)
-        wrapped.iterations.append(iterations)
-        _spin(iterations)
-        return result
-
-    wrapped.iterations = []
-    return wrapped
+# The regression gate's test-only slowdown knob (RLGAUGE_INJECT_SLOWDOWN) lived here until it
+# moved into the gate's worker (harness/gate/worker.py), which injects it into any checkout.
 
 
 # --------------------------------------------------------------------------- report output

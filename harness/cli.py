@@ -11,6 +11,8 @@ Subcommands::
     run         a grid of training runs (algorithms x backends x tasks x devices x seeds, and
                 ``--recipes``), each in its own worker process; resumable; ends with the report
     compare     two result sets side by side; exit 1 when a row is significantly worse
+    gate ...    the regression gate (``python -m harness.gate``): ``gate regress BASE HEAD``,
+                ``gate list``, baselines, its validity and noise studies
     env B T     build one env, check its specs and time a random rollout
     asv-table   the latest asv results as a Markdown table (× floor, cost and spread per module)
     build-ext   make torchrl's C++ extension load (rebuilds it against the installed torch)
@@ -155,6 +157,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("results/runs"),
                    help="directory for the run's results file (default: results/runs)")
 
+    sub.add_parser("gate", add_help=False,
+                   help="the regression gate (python -m harness.gate): regress two commits, "
+                        "list its cases, save/compare baselines, its validity and noise studies; "
+                        "'gate --help' for its subcommands")
     e = sub.add_parser("env", help="build one env, check its specs and time a random rollout")
     e.add_argument("backend", help="env backend (see 'list')")
     e.add_argument("task", help="task of that backend (see 'list')")
@@ -557,6 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # torchrl logs every buffer initialisation at INFO; read once, at torchrl's import
     os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["gate"]:  # the gate has its own command line (harness.gate.cli)
+        from harness.gate import cli as gate_cli
+
+        return gate_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

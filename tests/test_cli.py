@@ -171,3 +171,13 @@ def test_cli_train_progress_is_a_bar_on_a_terminal_and_a_few_lines_in_a_log(tmp_
     assert "\r" not in proc.stderr and lines[-1].startswith("ppo probe/bandit cpu seed 0: 8,192/")
     terminal = _stderr_on_a_terminal(argv)
     assert "\r" in terminal and "8.19k/8.19k" in terminal, terminal[-500:]  # tqdm's bar
+
+
+def test_cli_gate_is_a_subcommand():
+    """``rlgauge gate ...`` is the gate's own command line (``python -m harness.gate``), listed
+    in ``rlgauge --help``; bad gate input is its one-line usage error, exit 2."""
+    assert "gate" in rlgauge("--help").stdout
+    listed = rlgauge("gate", "list")
+    assert listed.returncode == 0 and "bench_gae.GAE.time_gae" in listed.stdout
+    bad = rlgauge("gate", "nonsense")
+    assert bad.returncode == 2 and "invalid choice: 'nonsense'" in bad.stderr

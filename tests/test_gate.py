@@ -1,10 +1,13 @@
-"""The regression gate (harness/gate.py): its statistics and verdicts, baselines, the worker
-protocol end to end on a toy checkout, the torchrl compatibility module and the test-only
-slowdown knob. Everything here runs in seconds; measuring the gate itself is
-``nox -s gate_validity``."""
+"""The regression gate (harness/gate/): its statistics (checked against scipy) and verdicts,
+baselines and run files (format versions), the worker protocol end to end on a toy checkout,
+the torchrl compatibility module and the worker's test-only slowdown knob. Everything here
+runs in seconds; measuring the gate itself is ``nox -s gate_validity``."""
 
 from __future__ import annotations
 
+import ast
+import csv
+import json
 import math
 import os
 import shutil
@@ -13,15 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats as sps
 
 from harness import compat, gate
+from harness.gate import worker
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is a directory of the checkout, not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from bench import common  # noqa: E402
 
 # --------------------------------------------------------------------------- statistics
 
@@ -47,6 +49,137 @@ def test_hodges_lehmann_is_unbounded_when_too_few_rounds():
     # 5 pairs: the most extreme sign pattern has probability 2^-5 = 3.1% > 2.5%
     assert gate.hodges_lehmann([0.1] * 5, 0.95)[1:] == (-math.inf, math.inf)
     assert math.isfinite(gate.hodges_lehmann([0.1] * 6, 0.95)[1])
+
+
+
+# The Hodges-Lehmann interval and the signed-rank distribution are written here (scipy has no
+# HL interval); these check them against scipy.stats.wilcoxon.
+
+
+def _walsh_t_plus(d, mu: float = 0.0) -> float:
+    """The signed-rank statistic T+ of ``d - mu`` as the gate's interval counts it: the Walsh
+    averages above ``mu``, a Walsh average equal to ``mu`` counting one half."""
+    walsh = [(d[i] + d[j]) / 2 for i in range(len(d)) for j in range(i, len(d))]
+    return sum(w > mu for w in walsh) + 0.5 * sum(w == mu for w in walsh)
+
+
+@pytest.mark.parametrize("n", [1, 5, 6, 9, 10, 15, 25, 40, 60])
+def test_signed_rank_cdf_and_statistic_match_scipy_wilcoxon_exact(n):
+    d = np.random.default_rng(n).normal(0.01, 0.02, n)
+    res = sps.wilcoxon(d, alternative="less", method="exact")  # statistic: T+; p: P(T+ <= t)
+    t_plus = int(res.statistic)
+    assert _walsh_t_plus(d) == t_plus  # Tukey: T+ = number of positive Walsh averages
+    assert gate.signed_rank_cdf(n)[t_plus] == pytest.approx(res.pvalue, rel=1e-12, abs=0)
+    two_sided = sps.wilcoxon(d, method="exact").pvalue
+    cdf = gate.signed_rank_cdf(n)
+    expected = min(1.0, 2 * min(cdf[t_plus], 1 - (cdf[t_plus - 1] if t_plus else 0.0)))
+    assert expected == pytest.approx(two_sided, rel=1e-12)
+
+
+@pytest.mark.parametrize("n, confidence", [(6, 0.95), (8, 0.99), (10, 0.95), (15, 0.95),
+                                           (15, 0.99), (30, 0.95), (60, 0.95)])
+def test_hodges_lehmann_interval_inverts_scipys_exact_signed_rank_test(n, confidence):
+    """The interval holds exactly the shifts mu that the two-sided exact signed-rank test of
+    ``d - mu`` does not reject at 1 - confidence: just inside a bound scipy's p > alpha, just
+    outside p <= alpha; the estimate is the median of the Walsh averages."""
+    d = np.random.default_rng(100 + n).normal(0.01, 0.02, n)
+    est, lo, hi = gate.hodges_lehmann(list(d), confidence)
+    walsh = np.sort([(d[i] + d[j]) / 2 for i in range(n) for j in range(i, n)])
+    assert est == pytest.approx(float(np.median(walsh)), abs=1e-15)
+    eps = float(np.diff(walsh).min()) / 4
+    alpha = 1 - confidence
+
+    def p(mu: float) -> float:
+        return sps.wilcoxon(d - mu, method="exact").pvalue
+
+    assert p(lo + eps) > alpha and p(hi - eps) > alpha
+    assert p(lo - eps) <= alpha and p(hi + eps) <= alpha
+
+
+@pytest.mark.parametrize("n", [61, 80, 120])
+def test_hodges_lehmann_normal_approximation_beyond_60_pairs(n):
+    """Beyond 60 pairs the interval comes from the normal approximation of T+: outside it
+    scipy's normal-approximation test (no continuity correction) rejects, and its bounds are
+    within one Walsh average of the exact ones."""
+    d = np.random.default_rng(n).normal(0.01, 0.02, n)
+    est, lo, hi = gate.hodges_lehmann(list(d), 0.95)
+    walsh = np.sort([(d[i] + d[j]) / 2 for i in range(n) for j in range(i, n)])
+    eps = float(np.diff(walsh).min()) / 4
+    for mu in (lo - eps, hi + eps):
+        assert sps.wilcoxon(d - mu, method="approx", correction=False).pvalue < 0.05
+    cdf = gate.signed_rank_cdf(n)
+    k_exact = next(k for k, c in enumerate(cdf) if c > 0.025)
+    k = int(np.searchsorted(walsh, lo)) + 1  # lo is the k-th smallest Walsh average
+    assert abs(k - k_exact) <= 1 and hi == walsh[len(walsh) - k]
+
+
+@pytest.mark.parametrize("d", [
+    [0.0, 0.25, -0.25, 0.5, 0.5, -0.75, 0.0, 1.0],  # zeros and tied |d|
+    [0.0, 0.0, 0.0, 0.125, -0.125, 0.25, 0.25, 0.25, -0.5, 0.0],
+    [0.5, 0.5, 0.5, -0.5, 0.25, 0.75, 0.75, 0.0, 1.0, 1.0, -0.25, 0.5],
+])
+def test_signed_rank_statistic_with_ties_and_zeros_is_scipys_zsplit(d):
+    """With zeros and ties the gate makes no correction: its interval inverts the Walsh-average
+    count, which is scipy's T+ with zero ranks split between the signs (``zero_method=
+    "zsplit"``, tied |d| at their mean rank), for every shift mu tried."""
+    d = np.array(d)
+    for mu in (0.0, 0.125, -0.25, 0.5):
+        shifted = d - mu
+        res = sps.wilcoxon(shifted, alternative="greater", zero_method="zsplit",
+                           method="approx")
+        assert _walsh_t_plus(d, mu) == pytest.approx(float(res.statistic))
+
+
+def test_hodges_lehmann_of_constant_or_mostly_zero_differences():
+    """As the code defines it: constant differences are a certain shift (a zero-width
+    interval); mostly-zero differences give an estimate of 0 and an interval holding 0."""
+    assert gate.hodges_lehmann([0.1] * 10, 0.95) == (0.1, 0.1, 0.1)
+    est, lo, hi = gate.hodges_lehmann([0.0] * 8 + [0.02, -0.01], 0.95)
+    assert est == 0.0 and lo <= 0.0 <= hi
+    assert gate.verdict(est, lo, hi, 0.05, "lower") == "no change"
+
+
+def _hand_quantile(values, p):
+    """The gate's quantile before it used numpy: linear between the order statistics."""
+    v = sorted(values)
+    k = (len(v) - 1) * p
+    lo, hi = math.floor(k), math.ceil(k)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 25])
+def test_quantile_is_numpy_linear_and_the_former_hand_formula(n):
+    values = list(np.random.default_rng(n).lognormal(-9, 0.3, n))
+    for p in gate.STATS.values():
+        q = gate.quantile(values, p)
+        assert q == float(np.quantile(values, p, method="linear"))
+        # numpy's lerp rounds from the upper neighbour past the midpoint: 1 ulp at most
+        assert q == pytest.approx(_hand_quantile(values, p), rel=4e-16, abs=0)
+    assert gate.quantile(values, 0.0) == min(values)
+
+
+def test_robust_sd_wilson_and_welch_match_their_textbook_formulas():
+    values = list(np.random.default_rng(3).normal(0, 0.02, 31))
+    m = statistics.median(values)
+    mad = statistics.median(abs(v - m) for v in values)
+    # scipy's normal scale is 1 / Phi^-1(3/4) = 1.482602..., the former constant 1.4826
+    assert gate.robust_sd(values) == pytest.approx(1.482602218505602 * mad, rel=1e-12)
+    assert gate.robust_sd(values) == pytest.approx(1.4826 * mad, rel=2e-6)
+    z = statistics.NormalDist().inv_cdf(0.975)
+    for k, n in [(0, 6), (1, 6), (29, 30), (30, 30), (14, 2000), (12, 12)]:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        lo, hi = gate.wilson(k, n)
+        assert lo == pytest.approx(max(0.0, centre - half), abs=1e-12)
+        assert hi == pytest.approx(min(1.0, centre + half), abs=1e-12)
+    assert gate.wilson(0, 0) == (0.0, 1.0)
+    diff, lo, hi = gate.welch_interval(0.10, 0.05, 10, 0.15, 0.07, 8, 0.95)
+    assert diff == pytest.approx(0.05) and lo < diff < hi
+    for bound in (lo, hi):  # at a bound Welch's test of the shifted means has p = 5%
+        res = sps.ttest_ind_from_stats(0.15 - bound, 0.07, 8, 0.10, 0.05, 10, equal_var=False)
+        assert res.pvalue == pytest.approx(0.05, rel=1e-9)
+    assert gate.welch_interval(1.0, 0.0, 5, 1.0, 0.0, 5) == (0.0, 0.0, 0.0)
 
 
 LOG = math.log
@@ -78,7 +211,7 @@ def test_verdict_needs_threshold_and_significance_in_the_right_direction(est, lo
     ("track_score", "points", True, "higher"),
 ])
 def test_direction_from_prefix_unit_or_declaration(method, unit, declared, expected):
-    assert gate.direction(method, unit, declared) == expected
+    assert gate.case_direction(method, unit, declared) == expected
 
 
 # --------------------------------------------------------------------------- comparison
@@ -166,7 +299,7 @@ def test_round_value_statistics_clock_and_calibration():
 def test_measure_scales_cpu_time_like_the_benchmark_timer():
     from harness import timing
 
-    t = timing.measure(lambda: common._spin(20_000), repeat=5, warmup=2, cpu=True,
+    t = timing.measure(lambda: worker._spin(20_000), repeat=5, warmup=2, cpu=True,
                        timer=lambda: time.perf_counter() / 10)
     assert len(t.samples) == len(t.cpu_samples) == 5 and len(t.warmup) == 2
     # a busy loop: CPU time ~ wall time, both per "operation" (the timer divides by 10)
@@ -234,6 +367,43 @@ def test_stored_baseline_from_another_cpu_model_is_refused(tmp_path):
     assert committed and "cpu" not in committed[0]
 
 
+def test_baseline_csv_has_a_format_and_a_newer_one_is_refused(tmp_path):
+    """Saved baselines carry ``format`` = 1; a file without the column (the committed
+    results/baseline/vm.csv) is format 1; a newer format stops with one ValueError naming the
+    file and the formats this code reads."""
+    path = tmp_path / "vm.csv"
+    gate.save_baseline(gate.baseline_rows(_run({"head": {"a": NOISE}}), "head", "abc"), path)
+    with open(path, newline="") as f:
+        saved = list(csv.DictReader(f))
+    assert [row["format"] for row in saved] == [str(gate.BASELINE_FORMAT)] == ["1"]
+    assert "format" not in gate.load_baseline(path)[0]
+    legacy = gate.load_baseline(gate.ROOT / "results" / "baseline" / "vm.csv")
+    assert legacy and "format" not in legacy[0]
+    with open(path, "w", newline="") as f:  # as a newer rlgauge might write it
+        writer = csv.DictWriter(f, fieldnames=list(saved[0]))
+        writer.writeheader()
+        writer.writerows({**row, "format": "2"} for row in saved)
+    with pytest.raises(ValueError, match=r"baseline '.*vm\.csv' has format 2; this rlgauge "
+                                         r"reads format 1"):
+        gate.load_baseline(path)
+
+
+def test_run_file_has_a_format_and_a_newer_one_is_refused(tmp_path):
+    r = _run({"base": {"a": NOISE}, "head": {"a": NOISE}})
+    path = tmp_path / "run.json"
+    r.save(path)
+    data = json.loads(path.read_text())
+    assert data["format"] == gate.RUN_FORMAT == 1
+    assert gate.Run.load(path) == r
+    del data["format"]  # a run saved before formats existed: format 1
+    path.write_text(json.dumps(data))
+    assert gate.Run.load(path) == r
+    path.write_text(json.dumps({**data, "format": 2}))
+    with pytest.raises(ValueError, match=r"gate run '.*run\.json' has format 2; this rlgauge "
+                                         r"reads format 1"):
+        gate.Run.load(path)
+
+
 def test_load_baseline_names_a_missing_file(tmp_path):
     with pytest.raises(ValueError, match="cannot read baseline .*nope.csv"):
         gate.load_baseline(tmp_path / "nope.csv")
@@ -264,7 +434,8 @@ class Toy:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
 def test_gate_end_to_end_detects_injected_slowdown(tmp_path):
     """Two workers on a toy checkout (a copy of bench/common.py plus one benchmark), the
-    injection knob on one side for one benchmark: the gate names it and exits 1."""
+    injection knob on one side for one benchmark: the gate names it and exits 1. The knob is
+    the worker's own: the checkout's bench/common.py has none."""
     tree = tmp_path / "tree"
     (tree / "bench").mkdir(parents=True)
     (tree / "bench" / "__init__.py").write_text("")
@@ -347,20 +518,20 @@ def test_compat_on_the_pinned_torchrl_needs_no_patch():
 
 def test_injected_slowdown_parses_the_variable():
     spec = r"GAE\.time_gae\(device=cpu=0.10; Sample=0.05"
-    assert common.injected_slowdown("bench_gae.GAE.time_gae(device=cpu, impl=x)", spec) == 0.10
-    assert common.injected_slowdown("bench_buffers.Sample.time_sample(size=10)", spec) == 0.05
-    assert common.injected_slowdown("bench_envs.EnvStep.time_steps()", spec) == 0.0
-    assert common.injected_slowdown("anything", "") == 0.0
+    assert worker.injected_slowdown("bench_gae.GAE.time_gae(device=cpu, impl=x)", spec) == 0.10
+    assert worker.injected_slowdown("bench_buffers.Sample.time_sample(size=10)", spec) == 0.05
+    assert worker.injected_slowdown("bench_envs.EnvStep.time_steps()", spec) == 0.0
+    assert worker.injected_slowdown("anything", "") == 0.0
     with pytest.raises(ValueError, match="'GAE' is not REGEX=FRACTION"):
-        common.injected_slowdown("x", "GAE")
+        worker.injected_slowdown("x", "GAE")
 
 
 def test_slowed_down_adds_the_asked_fraction_of_cpu_work():
     def call():
-        common._spin(50_000)
+        worker._spin(50_000)
 
-    assert common.slowed_down("Toy", call, "") is call
-    slowed = common.slowed_down("Toy", call, "Toy=0.5")
+    assert worker.slowed_down("Toy", call, "") is call
+    slowed = worker.slowed_down("Toy", call, "Toy=0.5")
     plain, wrapped = [], []
     for _ in range(7):
         t0 = time.process_time()
@@ -392,3 +563,54 @@ def test_choose_defaults_holds_candidates_to_the_block_trials_false_alarms():
     # without block trials the resampled rate decides, and the sharper setting wins
     resampled_only = {k: v for k, v in table.items() if k[0] == "resampled"}
     assert gate.choose_defaults(resampled_only, (0.05, 0.10)) == (sharp, True)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (top level or inside functions)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_worker_is_stdlib_only():
+    """worker.py is booted by path inside old commits: only the stdlib, plus what it imports
+    from the measured checkout itself (torch, that checkout's harness.compat)."""
+    foreign = {m for m in _imports(ROOT / "harness" / "gate" / "worker.py")
+               if m.split(".")[0] not in sys.stdlib_module_names}
+    assert foreign <= {"torch", "harness"}, foreign  # `from harness import compat`
+
+
+def test_harness_never_imports_bench():
+    users = [p.relative_to(ROOT).as_posix() for p in (ROOT / "harness").rglob("*.py")
+             if any(m == "bench" or m.startswith("bench.") for m in _imports(p))]
+    assert users == []
+
+
+def test_case_meta_turns_the_workers_report_into_a_direction():
+    meta = {"unit": "points", "kind": "track", "version": "v", "declared": True}
+    assert gate.cases.case_meta("bench_x.X.track_score(n=1)", meta) == {
+        "unit": "points", "direction": "higher", "kind": "track", "version": "v"}
+    assert gate.cases.case_meta("bench_x.time_y", {**meta, "unit": "seconds",
+                                                   "declared": None})["direction"] == "lower"
+    assert gate.cases.case_meta("m.X.track_share", {**meta, "unit": "fraction",
+                                                    "declared": None})["direction"] == "info"
+
+
+def test_markdown_table_columns_and_order():
+    r = _run({"base": {"a": NOISE, "b": NOISE},
+              "head": {"a": [1.2 * x for x in reversed(NOISE)], "b": list(reversed(NOISE))}})
+    text = gate.markdown(gate.compare(r, "base", "head"), title="## T", base_label="old",
+                         head_label="new")
+    lines = text.splitlines()
+    assert lines[:2] == ["## T", ""]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert cells[0] == ["benchmark", "params", "old", "new", "ratio", "95% interval", "verdict"]
+    assert [c[-1] for c in cells[2:]] == ["**REGRESSION**", "no change"]
+    assert cells[2][2] == "1 s" and cells[2][4].startswith("1.2")

@@ -1,0 +1,139 @@
+"""CI regression gate: BASE and HEAD measured in one job, interleaved, with error rates measured.
+
+    nox -s regress [-- BASE HEAD]       python -m harness.gate regress [BASE] [HEAD] [-b REGEX]
+    nox -s regress -- --save-baseline   results/baseline/<machine>.csv (then --against-baseline)
+    nox -s gate_validity                noise controls, A/A false alarms, injected slowdowns
+    nox -s versions                     the same benchmarks on torchrl 0.13.3 and 0.14.1
+
+BASE defaults to the merge base of HEAD with main (HEAD's parent when HEAD is on main); a rev
+of ``.`` is the working tree with its uncommitted changes. Exit 1 only when a benchmark got
+slower by more than the threshold AND the slowdown is significant; exit 2 when HEAD could not
+run a benchmark; the Markdown table lists every benchmark with its ratio, interval and verdict.
+The measurements behind the defaults (error rates, noise, timings) are in the README's
+"Regression gate" section and ``results/gate/``; this package describes the design.
+
+How a run works (one module per concern)
+----------------------------------------
+- ``runner``: each side is a checkout (``git archive`` of the commit, or a copy of the working
+  tree) measured by one server process with ``PYTHONPATH`` at the checkout, so each commit's
+  own ``harness/``, ``reference_impls/`` *and* ``bench/`` are measured; rounds are interleaved
+  (A B, B A, ...), each a child forked from the side's server. ``Run`` is the run file.
+- ``worker``: the server, stdlib only and booted by path (a commit without this package can
+  still be measured); per round and case ``setup``, 3 timed warm-up calls, samples for 0.3 s
+  (5 to 25 of them), ``teardown``; the same-round calibration workload between cases. It owns
+  the test-only slowdown knob (``RLGAUGE_INJECT_SLOWDOWN``).
+- Noise controls in every worker (``cases.Settings``): 1 torch thread (and OMP/MKL), pinned to
+  one CPU, warm-up, many samples, interleaving; the round's value of a case is the 10th
+  percentile of its samples' **process CPU time** (``time.process_time``, scaled by the
+  benchmark's own ``timer``, e.g. per operation).
+- ``compare`` + ``stats``: per case the paired log ratios head/base of the rounds, their
+  Hodges-Lehmann estimate and the distribution-free interval that inverts Wilcoxon's
+  signed-rank test (exact up to 60 rounds). REGRESSION = ratio > 1 + threshold and the 95%
+  interval above 1. track_* throughput (``.../s``, fps, returns) is higher-is-better, so a
+  *drop* fails; units like fractions, ratios and errors are "not gated"
+  (``harness.comparison.direction``). A benchmark whose own source differs between the sides
+  is reported but not gated (as asv starts a new series).
+- ``baseline``: HEAD against a stored CSV (advisory); ``validity`` and ``noise``: the studies
+  that measure the gate itself; ``cli``: ``python -m harness.gate``.
+
+Why not ``asv continuous``
+--------------------------
+- Its test works on samples, and samples of one process are not independent draws: a
+  sample-level test in its manner alarms far more often on A/A runs than one value per round.
+- It takes ``bench/`` from the working tree for every commit, times the wall clock unless a
+  benchmark sets its own ``timer``, and has no higher-is-better metric (an fps gain fails it).
+- It builds and installs the project per commit into its own environments and runs every
+  parameter point in a fresh process with setup per sample; this gate runs in the nox venv,
+  history-free, with one server per side.
+
+Limits: the CPU clock leaves out work done in other processes (multi-process collectors,
+``ParallelEnv``): select such benchmarks with ``--clock wall``. The 10th percentile sees work
+added to every call; a slowdown of a few calls only (an occasional reallocation) moves the
+median but not the 10th percentile (``--stat median``). track_* values are timed by the
+benchmark itself on the wall clock (median of 3 calls per round), far noisier than time_*.
+"""
+
+from __future__ import annotations
+
+from harness.gate.baseline import (
+    BASELINE_COLUMNS,
+    BASELINE_FORMAT,
+    OPTIONAL_BASELINE_COLUMNS,
+    baseline_rows,
+    check_baseline_hardware,
+    compare_baseline,
+    load_baseline,
+    save_baseline,
+)
+from harness.gate.cases import (
+    DEFAULT_CLOCK,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_NORMALISE,
+    DEFAULT_ROUNDS,
+    DEFAULT_STAT,
+    DEFAULT_THRESHOLD,
+    GATE_CASES,
+    INJECT_ENV,
+    ROOT,
+    VALIDITY_CASES,
+    VERSION_CASES,
+    Settings,
+    case_direction,
+    split_case,
+)
+from harness.gate.cli import main
+from harness.gate.compare import (
+    Method,
+    Row,
+    compare,
+    gate_exit_code,
+    markdown,
+    paired_log_ratios,
+    round_value,
+    verdict,
+)
+from harness.gate.noise import NOISE_SIDES, noise_report
+from harness.gate.runner import (
+    RUN_FORMAT,
+    WORKTREE,
+    Run,
+    Side,
+    default_base,
+    export_tree,
+    resolve,
+    run,
+    side_order,
+)
+from harness.gate.stats import (
+    STATS,
+    hodges_lehmann,
+    quantile,
+    robust_sd,
+    signed_rank_cdf,
+    welch_interval,
+    wilson,
+)
+from harness.gate.validity import (
+    METHODS,
+    VALIDITY_SIZES,
+    Rates,
+    choose_defaults,
+    chosen_false_alarms,
+    validity_rates,
+    validity_report,
+    validity_sides,
+)
+
+__all__ = [
+    "BASELINE_COLUMNS", "BASELINE_FORMAT", "DEFAULT_CLOCK", "DEFAULT_CONFIDENCE",
+    "DEFAULT_NORMALISE", "DEFAULT_ROUNDS", "DEFAULT_STAT", "DEFAULT_THRESHOLD", "GATE_CASES",
+    "INJECT_ENV", "METHODS", "NOISE_SIDES", "OPTIONAL_BASELINE_COLUMNS", "ROOT", "RUN_FORMAT",
+    "STATS", "VALIDITY_CASES", "VALIDITY_SIZES", "VERSION_CASES", "WORKTREE", "Method",
+    "Rates", "Row", "Run", "Settings", "Side", "baseline_rows", "case_direction",
+    "check_baseline_hardware", "choose_defaults", "chosen_false_alarms", "compare",
+    "compare_baseline", "default_base", "export_tree", "gate_exit_code", "hodges_lehmann",
+    "load_baseline", "main", "markdown", "noise_report", "paired_log_ratios", "quantile",
+    "resolve", "robust_sd", "round_value", "run", "save_baseline", "side_order",
+    "signed_rank_cdf", "split_case", "validity_rates", "validity_report", "validity_sides",
+    "verdict", "welch_interval", "wilson",
+]

@@ -1,0 +1,368 @@
+"""``python -m harness.gate``: the gate's command line (``main(argv) -> int``).
+
+Subcommands: ``regress`` (BASE vs HEAD, or HEAD against a stored baseline), ``validity`` (A/A
+false alarms and injected slowdowns), ``noise`` (which noise controls help), ``versions`` (one
+checkout under two interpreters) and ``list`` (the cases a selection resolves to). Exit codes:
+0 fine, 1 a regression, 2 bad input or a benchmark HEAD could not run (one line naming it),
+3 a worker failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness import atomic
+from harness.gate.baseline import (
+    baseline_rows,
+    check_baseline_hardware,
+    compare_baseline,
+    cpu_model,
+    load_baseline,
+    save_baseline,
+)
+from harness.gate.cases import (
+    DEFAULT_CLOCK,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_NORMALISE,
+    DEFAULT_ROUNDS,
+    DEFAULT_STAT,
+    DEFAULT_THRESHOLD,
+    GATE_CASES,
+    INJECT_ENV,
+    ROOT,
+    VALIDITY_CASES,
+    VERSION_CASES,
+    Settings,
+)
+from harness.gate.compare import REGRESSION, Method, compare, gate_exit_code, markdown
+from harness.gate.noise import NOISE_SIDES, noise_report
+from harness.gate.runner import (
+    WORKER_PY,
+    WORKTREE,
+    Run,
+    Side,
+    default_base,
+    export_tree,
+    resolve,
+    run,
+)
+from harness.gate.stats import STATS
+from harness.gate.validity import VALIDITY_SIZES, validity_report, validity_sides
+from harness.provenance import machine_name
+
+DESCRIPTION = ("CI regression gate: BASE and HEAD measured in one job, interleaved, with error "
+               "rates measured.")
+
+
+def _short(sha: str) -> str:
+    return "working tree" if sha == WORKTREE else sha[:10]
+
+
+def _say(msg: str) -> None:
+    print(f"[gate] {msg}", file=sys.stderr, flush=True)
+
+
+def _settings(args) -> Settings:
+    return Settings(budget_s=args.budget)
+
+
+def _selection(args, default: Sequence[str] = GATE_CASES) -> dict:
+    return {"regex": args.bench} if args.bench else {"cases": default}
+
+
+def _emit(text: str, out: Path | None) -> None:
+    print(text)
+    if out:
+        atomic.write_text(out, text)
+        _say(f"written: {out}")
+
+
+def cmd_regress(args) -> int:
+    """Measure BASE and HEAD interleaved (or HEAD against the stored baseline)."""
+    machine = args.machine or machine_name()
+    baseline_path = args.baseline or ROOT / "results" / "baseline" / f"{machine}.csv"
+    revs = list(args.revs)
+    single = args.save_baseline or args.against_baseline
+    if single and len(revs) > 1:
+        raise ValueError("--save-baseline/--against-baseline measure one revision; got "
+                         f"{len(revs)}: {' '.join(revs)}")
+    if len(revs) > 2:
+        raise ValueError(f"at most BASE and HEAD; got {len(revs)} revisions: {' '.join(revs)}")
+    baseline = load_baseline(baseline_path) if args.against_baseline else None
+    hardware = (check_baseline_hardware(baseline, baseline_path, cpu_model())
+                if baseline is not None else "")
+    method = Method(args.clock, args.stat, args.normalise)
+    workdir = Path(tempfile.mkdtemp(prefix="rlgauge-gate-"))
+    try:
+        if single:
+            head = resolve(revs[0] if revs else "HEAD")
+            sides = [Side("head", export_tree(head, workdir / "head"), label=_short(head),
+                          settings=_settings(args))]
+        else:
+            head_rev = revs[1] if len(revs) == 2 else "HEAD"
+            head = resolve(head_rev)
+            if revs:
+                base, why = resolve(revs[0]), "given"
+            else:
+                base, why = default_base(head_rev)
+            _say(f"BASE {_short(base)} ({why}), HEAD {_short(head)} ({head_rev})")
+            sides = [Side("base", export_tree(base, workdir / "base"), label=_short(base),
+                          settings=_settings(args)),
+                     Side("head", export_tree(head, workdir / "head"), label=_short(head),
+                          settings=_settings(args))]
+        result = run(sides, **_selection(args), rounds=args.rounds, progress=_say,
+                     workdir=workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.raw:
+        result.save(args.raw)
+    if not args.bench:  # a renamed benchmark must not drop out of the gate unnoticed
+        info = result.info["head"]
+        seen = set(info["cases"]) | set(info["skipped"]) | set(info["errors"])
+        for cid in sorted(set(GATE_CASES) - seen):
+            _say(f"warning: gate case not found in {_short(head)}: {cid}")
+    minutes = f"{result.seconds / 60:.1f} min"
+    if args.save_baseline:
+        commit = head if head != WORKTREE else resolve("HEAD") + "+dirty"  # uncommitted edits
+        rows = baseline_rows(result, "head", commit)
+        save_baseline(rows, baseline_path)
+        _emit(f"baseline of {_short(head)} on `{machine}`: {len(rows)} benchmarks, "
+              f"{args.rounds} rounds, {minutes} -> {baseline_path}", None)
+        return 0
+    if baseline is not None:
+        rows = compare_baseline(result, "head", baseline, threshold=args.threshold,
+                                confidence=args.confidence)
+        commits = sorted({r["commit"][:10] for r in baseline})
+        title = (f"## Regression gate: {_short(head)} against the stored baseline "
+                 f"({', '.join(commits)}, {baseline_path.name})\n\n{args.rounds} rounds, "
+                 f"calibration-normalised, Welch {args.confidence:.0%} interval, threshold "
+                 f"{args.threshold:.0%}; {minutes}. A stored baseline was measured on another "
+                 f"day: advisory; the same-job A/B run is the gate. {hardware}")
+        _emit(markdown(rows, title=title, confidence=args.confidence, base_label="baseline",
+                       head_label=_short(head)), args.out)
+        return gate_exit_code(rows)
+    rows = compare(result, "base", "head", threshold=args.threshold,
+                   confidence=args.confidence, **method.kw())
+    title = (f"## Regression gate: {_short(base)} → {_short(head)}\n\n{args.rounds} interleaved "
+             f"rounds, round value {method}, Hodges-Lehmann {args.confidence:.0%} interval, "
+             f"fails on a significant slowdown > {args.threshold:.0%}; {minutes}.")
+    _emit(markdown(rows, title=title, confidence=args.confidence, base_label=_short(base),
+                   head_label=_short(head)), args.out)
+    failed = [r.case for r in rows if r.verdict == REGRESSION]
+    if failed:
+        _say(f"REGRESSION in {len(failed)} benchmark(s): {'; '.join(failed)}")
+    return gate_exit_code(rows)
+
+
+def _command(part: str, argv: Sequence[str]) -> str:
+    """The nox command that reproduces a run (file arguments left out)."""
+    keep, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in {"--raw", "--out", "--from"}:
+            skip = True
+        elif not arg.startswith(("--raw=", "--out=", "--from=")):
+            keep.append(arg)
+    return f"nox -s gate_validity -- {' '.join([part, *keep])}"
+
+
+def _raw_path(args, part: str) -> Path:
+    """--raw, or a file under the rlgauge cache (re-analyse it with --from)."""
+    if args.raw:
+        return args.raw
+    root = Path(os.environ.get("RLGAUGE_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlgauge")
+    return root / "gate" / f"{part}-{machine_name()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def _measured(args, part: str, measure) -> Run:
+    """The Run to analyse: loaded from ``--from``, else ``measure(tree, tmpdir)`` on an export
+    of the working tree, saved to ``_raw_path`` so that it can be re-analysed."""
+    if args.from_raw:
+        return Run.load(args.from_raw)
+    with tempfile.TemporaryDirectory(prefix="rlgauge-gate-") as tmp:
+        result = measure(export_tree(WORKTREE, Path(tmp) / "tree"), Path(tmp))
+    raw = _raw_path(args, part)
+    result.save(raw)
+    _say(f"measurements: {raw} (re-analyse: python -m harness.gate {part} --from it)")
+    return result
+
+
+def cmd_validity(args) -> int:
+    """A/A false alarms and detection of injected slowdowns."""
+    sizes = tuple(float(s) for s in args.sizes.split(","))
+    command = _command("validity", args.argv)
+    result = _measured(args, "validity", lambda tree, tmp: run(
+        validity_sides(tree, sizes, settings=_settings(args)),
+        **_selection(args, VALIDITY_CASES), rounds=args.blocks * args.rounds,
+        restart_every=args.rounds, progress=_say, workdir=tmp))
+    text, chosen, met = validity_report(result, block=args.rounds, sizes=sizes,
+                                        resamples=args.resamples, command=command)
+    out = args.out or ROOT / "results" / "gate" / f"validity-{machine_name()}.md"
+    _emit(text, out)
+    method, conf, thr = chosen
+    _say(f"chosen: {method}, {conf:.0%}, threshold {thr:.1%}; goals {'met' if met else 'NOT met'}")
+    return 0
+
+
+def cmd_noise(args) -> int:
+    """Which noise controls reduce the spread."""
+    command = _command("noise", args.argv)
+    result = _measured(args, "noise", lambda tree, tmp: run(
+        [Side(n, tree, settings=Settings(threads=s.threads, cpu=s.cpu, budget_s=args.budget))
+         for n, s in NOISE_SIDES],
+        **_selection(args), rounds=args.rounds, progress=_say, workdir=tmp))
+    out = args.out or ROOT / "results" / "gate" / f"noise-{machine_name()}.md"
+    _emit(noise_report(result, command=command), out)
+    return 0
+
+
+def cmd_versions(args) -> int:
+    """The same checkout under several interpreters (torchrl versions), interleaved."""
+    sides = []
+    for spec in args.pythons:
+        label, sep, python = spec.partition("=")
+        if not sep or not label or not python:
+            raise ValueError(f"expected LABEL=PYTHON (e.g. 0.13.3=.nox/x/bin/python), got "
+                             f"{spec!r}")
+        if not Path(python).exists():
+            raise ValueError(f"no interpreter at {python!r} (for {label})")
+        sides.append(Side(label, ROOT, python=python, compat=True, label=label,
+                          settings=_settings(args)))
+    if len(sides) != 2:
+        raise ValueError(f"give two LABEL=PYTHON pairs (old, new); got {len(sides)}")
+    selection = {"regex": args.bench} if args.bench else {"cases": VERSION_CASES}
+    with tempfile.TemporaryDirectory(prefix="rlgauge-gate-") as tmp:
+        tree = export_tree(WORKTREE, Path(tmp) / "tree")
+        for side in sides:
+            side.tree = tree
+        result = run(sides, **selection, rounds=args.rounds, progress=_say, workdir=Path(tmp))
+    if args.raw:
+        result.save(args.raw)
+    old, new = sides[0].name, sides[1].name
+    vo, vn = result.info[old]["versions"], result.info[new]["versions"]
+    label = {s: f"torchrl {v.get('torchrl')} (tensordict {v.get('tensordict')})"
+             for s, v in ((old, vo), (new, vn))}
+    rows = compare(result, old, new, threshold=args.threshold, confidence=args.confidence)
+    method = Method()
+    title = (f"## Component benchmarks across torchrl versions: machine `{machine_name()}`\n\n"
+             f"Measured with `nox -s versions`: both versions in the same job, "
+             f"{args.rounds} interleaved rounds, round value {method}; ratio = {new} / {old} "
+             f"with its Hodges-Lehmann {args.confidence:.0%} interval; REGRESSION / improved "
+             f"= {new} slower / faster by more than {args.threshold:.0%} (significant). "
+             f"torch {vn.get('torch')}, Python {vn.get('python')}; {result.seconds / 60:.1f} "
+             f"min. API differences absorbed by harness/compat.py.")
+    out = args.out or ROOT / "results" / "gate" / f"versions-{machine_name()}.md"
+    _emit(markdown(rows, title=title, confidence=args.confidence, base_label=label[old],
+                   head_label=label[new]), out)
+    return 0
+
+
+def cmd_list(args) -> int:
+    """The cases a selection resolves to, in a checkout (imports it here)."""
+    rev = resolve(args.rev)
+    with tempfile.TemporaryDirectory(prefix="rlgauge-gate-list-") as tmp:
+        tree = export_tree(rev, Path(tmp) / "tree")
+        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+                "import importlib.util as u; s = u.spec_from_file_location('_g', sys.argv[2]); "
+                "m = u.module_from_spec(s); sys.modules['_g'] = m; s.loader.exec_module(m); "
+                "cases, err = m.discover(__import__('pathlib').Path(sys.argv[1]), "
+                "m.selector(json.loads(sys.argv[3]), sys.argv[4] or None)); "
+                "print(json.dumps({'cases': [c.id for c in cases], 'errors': err}))")
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        env.pop(INJECT_ENV, None)
+        proc = subprocess.run([sys.executable, "-c", code, str(tree), str(WORKER_PY),
+                               json.dumps(list(GATE_CASES)), args.bench or ""],
+                              capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    for cid in found["cases"]:
+        print(cid)
+    for module, err in found["errors"].items():
+        print(f"# {module}: {err}", file=sys.stderr)
+    _say(f"{len(found['cases'])} case(s) in {_short(rev)}")
+    return 0
+
+
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m harness.gate", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, rounds: int):
+        sp.add_argument("-b", "--bench", metavar="REGEX",
+                        help="cases whose id matches (re.search), e.g. 'GAE|Sample'; default: "
+                             "the gate subset (GATE_CASES)")
+        sp.add_argument("--rounds", type=int, default=rounds, help=f"default {rounds}")
+        sp.add_argument("--budget", type=float, default=Settings.budget_s,
+                        help="seconds of samples per case and round (default %(default)s)")
+        sp.add_argument("--raw", type=Path, help="also save every measurement (JSON)")
+        sp.add_argument("--out", type=Path, help="also write the Markdown report here")
+
+    r = sub.add_parser("regress", help="BASE vs HEAD, interleaved; exit 1 on a regression")
+    r.add_argument("revs", nargs="*", metavar="REV",
+                   help="[BASE] [HEAD] (default: merge base with main, HEAD); '.' = the "
+                        "working tree with uncommitted changes")
+    common(r, DEFAULT_ROUNDS)
+    r.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    r.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+    r.add_argument("--clock", choices=("cpu", "wall"), default=DEFAULT_CLOCK)
+    r.add_argument("--stat", choices=tuple(STATS), default=DEFAULT_STAT)
+    r.add_argument("--normalise", action=argparse.BooleanOptionalAction,
+                   default=DEFAULT_NORMALISE, help="divide by the same-round calibration")
+    r.add_argument("--save-baseline", action="store_true",
+                   help="measure REV (default HEAD) and write results/baseline/<machine>.csv")
+    r.add_argument("--against-baseline", action="store_true",
+                   help="measure REV (default HEAD) and compare it with the stored baseline")
+    r.add_argument("--baseline", type=Path, help="baseline CSV (default: "
+                                                 "results/baseline/<machine>.csv)")
+    r.add_argument("--machine", help="machine name (default: $RLGAUGE_MACHINE or hostname)")
+
+    v = sub.add_parser("validity", help="A/A false alarms and injected-slowdown detection")
+    common(v, DEFAULT_ROUNDS)
+    v.add_argument("--blocks", type=int, default=6, help="independent gate runs (default 6)")
+    v.add_argument("--sizes", default=",".join(str(s) for s in VALIDITY_SIZES))
+    v.add_argument("--resamples", type=int, default=2000)
+    v.add_argument("--from", dest="from_raw", type=Path, help="re-analyse a --raw file")
+
+    n = sub.add_parser("noise", help="which noise controls reduce the spread")
+    common(n, 30)
+    n.add_argument("--from", dest="from_raw", type=Path, help="re-analyse a --raw file")
+
+    vs = sub.add_parser("versions", help="one checkout under two interpreters, side by side")
+    vs.add_argument("pythons", nargs="+", metavar="LABEL=PYTHON")
+    common(vs, DEFAULT_ROUNDS)
+    vs.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    vs.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+
+    ls = sub.add_parser("list", help="the cases a selection resolves to")
+    ls.add_argument("rev", nargs="?", default=WORKTREE)
+    ls.add_argument("-b", "--bench", metavar="REGEX")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    args.argv = argv[1:]
+    commands = {"regress": cmd_regress, "validity": cmd_validity, "noise": cmd_noise,
+                "versions": cmd_versions, "list": cmd_list}
+    try:
+        return commands[args.command](args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3

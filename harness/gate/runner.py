@@ -1,0 +1,309 @@
+"""Measuring sides: git checkouts, one server process per side, interleaved rounds, the run file.
+
+- Each side is a checkout: ``git archive`` of the commit into a temporary directory (no
+  worktree, nothing written into .git; ``export_tree``). Sides run under an interpreter (the
+  nox venv, or another one for ``versions``) with ``PYTHONPATH`` pointing at their checkout, so
+  each commit's own ``harness/``, ``reference_impls/`` *and* ``bench/`` are measured.
+- One server per side (``harness.gate.worker``, booted by path from copies in the run's
+  directory: ``BOOT``) imports torch/torchrl and the benchmarks once, computes each class's
+  ``setup_cache`` once (pickled and shared by the run's servers, as asv shares it per
+  environment and commit) and warms every case; each round is a child forked from it, which
+  costs milliseconds where a fresh interpreter costs seconds of imports.
+- Rounds are interleaved (``side_order``: A B, B A, A B, ...), so every side takes every
+  position equally often and a linear drift cancels in pairs; ``restart_every`` starts fresh
+  servers (a new job) every so many rounds.
+- ``Run`` is everything measured, saved as JSON with a format version (``RUN_FORMAT``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness import atomic
+from harness.gate.cases import DEFAULT_ROUNDS, INJECT_ENV, ROOT, Settings, case_meta
+
+WORKER_PY = Path(__file__).resolve().with_name("worker.py")
+TIMING_PY = ROOT / "harness" / "timing.py"
+#: the run file's format; a file without one is format 1 (saved before formats existed)
+RUN_FORMAT = 1
+RUN_FORMATS_READ = (1,)
+
+# The server runs worker.py and timing.py (loaded by path under private names), while
+# `harness`, `bench` and `reference_impls` come from the side's checkout (PYTHONPATH): a
+# commit without harness/gate/ can still be measured.
+BOOT = """\
+import importlib.util, sys
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+_load('_rlgauge_timing', sys.argv[2])
+sys.exit(_load('_rlgauge_gate_worker', sys.argv[1]).worker_main(sys.argv[3:]))
+"""
+
+
+# --------------------------------------------------------------------------- git checkouts
+
+
+WORKTREE = "."  # a rev of "." means the checkout as it is, uncommitted changes included
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ValueError(f"git {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip()
+
+
+def resolve(rev: str) -> str:
+    """The full commit sha of ``rev`` (or WORKTREE); ValueError naming the bad rev."""
+    if rev == WORKTREE:
+        return WORKTREE
+    try:
+        return git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except ValueError:
+        shallow = (ROOT / ".git" / "shallow").exists()
+        hint = (" (this clone is shallow: fetch full history, e.g. `git fetch --unshallow`)"
+                if shallow else "")
+        raise ValueError(f"unknown git revision {rev!r}{hint}") from None
+
+
+def default_base(head: str = "HEAD") -> tuple[str, str]:
+    """(rev, why): the merge base of ``head`` with main (origin/main), or ``head``'s parent
+    when ``head`` is on main already."""
+    head_sha = resolve("HEAD" if head == WORKTREE else head)
+    for main in ("main", "origin/main", "master", "origin/master"):
+        with contextlib.suppress(ValueError):
+            base = git("merge-base", head_sha, resolve(main))
+            if base != head_sha:
+                return base, f"merge base of {head} with {main}"
+            if head == WORKTREE:
+                return base, f"{main} ({head} = the working tree)"
+            return resolve(f"{head_sha}~1"), f"{head} is on {main}: its parent"
+    return resolve(f"{head_sha}~1"), "no main branch: the parent of HEAD"
+
+
+def export_tree(rev: str, dest: Path) -> Path:
+    """The tracked files of commit ``rev`` under ``dest`` (git archive: no worktree, no index,
+    nothing written into .git). WORKTREE: a copy of the checkout's files as they are now
+    (tracked and untracked, not ignored), so that edits made while a run goes on do not
+    reach it."""
+    if rev == WORKTREE:
+        listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        for rel in filter(None, listed.split("\0")):
+            src = ROOT / rel
+            if src.is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+        return dest
+    import io
+    import tarfile
+
+    sha = resolve(rev)
+    data = subprocess.run(["git", "archive", "--format=tar", sha], cwd=ROOT,
+                          capture_output=True, check=True).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+# --------------------------------------------------------------------------- sides, servers
+
+
+@dataclass
+class Side:
+    """One column of a run: a checkout measured by an interpreter with extra environment."""
+
+    name: str
+    tree: Path
+    python: str = sys.executable
+    env: dict = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
+    compat: bool = False  # apply the checkout's harness.compat before importing benchmarks
+    label: str = ""  # what the report calls it (commit, torchrl version...)
+
+
+class _Server:
+    def __init__(self, side: Side, cases, regex, workdir: Path, generation: int, boot: Path):
+        self.side = side
+        tag = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', side.name)}-{generation}"
+        self.log_path = workdir / "logs" / f"{tag}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.out_dir = workdir / "rounds" / tag
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cache_key = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{side.tree}-{side.python}")[-120:]
+        read_fd, write_fd = os.pipe()
+        cfg = {"tree": str(side.tree), "cases": list(cases) if cases else None, "regex": regex,
+               "settings": asdict(side.settings), "reply_fd": write_fd, "compat": side.compat,
+               "cache_dir": str(workdir / "cache" / cache_key)}
+        env = {k: v for k, v in os.environ.items() if k not in {INJECT_ENV, "PYTHONPATH"}}
+        env.update({"PYTHONPATH": str(side.tree), "MUJOCO_GL": env.get("MUJOCO_GL", "egl"),
+                    "RL_LOGGING_LEVEL": env.get("RL_LOGGING_LEVEL", "WARNING")})
+        if side.settings.threads is not None:
+            env.update(OMP_NUM_THREADS=str(side.settings.threads),
+                       MKL_NUM_THREADS=str(side.settings.threads))
+        else:
+            env.pop("OMP_NUM_THREADS", None)
+            env.pop("MKL_NUM_THREADS", None)
+        env.update(side.env)
+        self.log = open(self.log_path, "w")  # noqa: SIM115 -- closed in close()
+        self.proc = subprocess.Popen(
+            [side.python, "-c", BOOT, str(boot / "worker.py"), str(boot / "timing.py"),
+             json.dumps(cfg)],
+            stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+            pass_fds=(write_fd,), cwd=workdir, text=True)
+        os.close(write_fd)
+        self.reply = os.fdopen(read_fd, "r")
+        self.info: dict = {}
+
+    def _read(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.reply], [], [], timeout)
+        line = self.reply.readline() if ready else ""
+        if not line:
+            self.proc.kill()
+            why = "timed out" if not ready else f"exited with {self.proc.wait()}"
+            raise RuntimeError(f"side {self.side.name}: worker {why}; log: {self.log_path}\n"
+                               + _tail(self.log_path))
+        return json.loads(line)
+
+    def wait_ready(self, timeout: float) -> dict:
+        msg = self._read(timeout)
+        if msg["event"] != "ready":
+            raise RuntimeError(f"side {self.side.name}: worker failed: {msg.get('error')}; "
+                               f"log: {self.log_path}\n" + _tail(self.log_path))
+        msg["cases"] = {cid: case_meta(cid, meta) for cid, meta in msg["cases"].items()}
+        self.info = msg
+        return msg
+
+    def round(self, index: int, timeout: float) -> dict:
+        out = self.out_dir / f"round-{index:04d}.json"
+        self.proc.stdin.write(json.dumps({"op": "round", "round": index, "out": str(out)}) + "\n")
+        self.proc.stdin.flush()
+        msg = self._read(timeout)
+        if not msg.get("ok") or not out.exists():
+            return {"round": index, "error": f"round failed; log: {self.log_path}\n"
+                    + _tail(self.log_path)}
+        return json.loads(out.read_text())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reply.close()
+        self.log.close()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def side_order(n_sides: int, index: int) -> list[int]:
+    """Round ``index``'s order of the sides: rotated each round (two sides: A B, B A, A B...),
+    so every side takes every position equally often and a linear drift cancels in pairs."""
+    return [(j + index) % n_sides for j in range(n_sides)]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """Everything measured: per round, per side, the worker's round result. JSON-friendly;
+    the file (``save``) carries ``"format": RUN_FORMAT``."""
+
+    sides: list[dict]
+    rounds: list[dict]
+    info: dict  # side name -> the worker's ready message (last generation)
+    seconds: float = 0.0
+    started: str = ""
+    restart_every: int | None = None
+
+    def save(self, path: Path) -> None:
+        atomic.write_json(path, {"format": RUN_FORMAT, **asdict(self)})
+
+    @classmethod
+    def load(cls, path: Path) -> Run:
+        """The run saved in ``path``; ValueError naming the file when its format is one this
+        code cannot read (a newer rlgauge's)."""
+        data = json.loads(Path(path).read_text())
+        fmt = data.pop("format", 1)  # no format: saved before formats existed (format 1)
+        if fmt not in RUN_FORMATS_READ:
+            raise ValueError(f"gate run {str(path)!r} has format {fmt!r}; this rlgauge reads "
+                             f"format {', '.join(map(str, RUN_FORMATS_READ))} (files without "
+                             f"a format are format 1): update rlgauge to read it")
+        return cls(**data)
+
+    def side_names(self) -> list[str]:
+        return [s["name"] for s in self.sides]
+
+
+def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str | None = None,
+        rounds: int = DEFAULT_ROUNDS, restart_every: int | None = None,
+        progress: Callable[[str], None] | None = None, workdir: Path | None = None,
+        ready_timeout: float = 900.0, round_timeout: float = 600.0) -> Run:
+    """Measure ``sides`` in ``rounds`` interleaved rounds (``side_order``); every side's
+    servers are restarted every ``restart_every`` rounds (a fresh process, as a new job)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    names = [s.name for s in sides]
+    if len(set(names)) != len(names):
+        raise ValueError(f"side names must differ, got {names}")
+    say = progress or (lambda _msg: None)
+    own = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="rlgauge-gate-")) if own else Path(workdir)
+    t0 = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    out = Run([{"name": s.name, "label": s.label or s.name, "tree": str(s.tree),
+                "python": s.python, "env": s.env, "settings": asdict(s.settings)}
+               for s in sides], [], {}, started=started, restart_every=restart_every)
+    # the workers boot from copies: editing the checkout during a long run cannot reach them
+    boot = workdir / "runner"
+    boot.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(WORKER_PY, boot / "worker.py")
+    shutil.copy2(TIMING_PY, boot / "timing.py")
+    servers: list[_Server] = []
+    try:
+        generation = 0
+        for index in range(rounds):
+            if not servers or (restart_every and index % restart_every == 0):
+                for server in servers:
+                    server.close()
+                say(f"starting {len(sides)} worker(s) (generation {generation})")
+                servers = [_Server(s, cases, regex, workdir, generation, boot) for s in sides]
+                for server in servers:  # started together: they import in parallel
+                    out.info[server.side.name] = server.wait_ready(ready_timeout)
+                generation += 1
+            row = {}
+            for j in side_order(len(sides), index):
+                row[sides[j].name] = servers[j].round(index, round_timeout)
+            out.rounds.append(row)
+            say(f"round {index + 1}/{rounds} done ({time.perf_counter() - t0:.0f} s)")
+    finally:
+        for server in servers:
+            server.close()
+        out.seconds = time.perf_counter() - t0
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return out

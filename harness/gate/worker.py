@@ -1,0 +1,444 @@
+"""The gate's worker: one side's server, run inside that side's interpreter and checkout.
+
+STDLIB ONLY, self-contained. The runner (``harness.gate.runner``) copies this file and
+``harness/timing.py`` into the run's directory and boots them by path (``runner.BOOT``) under
+private module names, while ``harness``, ``bench`` and ``reference_impls`` come from the side's
+checkout (``PYTHONPATH``): the checkout may be an old commit without ``harness.gate`` (or with
+another one), so nothing here may import rlgauge code, numpy, scipy or pandas. The worker talks
+to the runner over a pipe (one JSON line per event) and writes each round to a JSON file.
+
+- ``prepare``: pin the process (``timing.pin_process``), import the selected benchmarks once
+  (``discover``), warm every case; reply ``ready`` with the cases' metadata (unit, kind,
+  source hash and a declared ``higher_is_better``; the runner turns that into a direction).
+- ``round``: per command, a child forked from the server measures every case once: ``setup``,
+  timed warm-up calls, samples for the budget, ``teardown``; the calibration workload runs
+  between cases; the cases' order rotates with the round.
+- The test-only slowdown knob lives here (``RLGAUGE_INJECT_SLOWDOWN``, ``slowed_down``): the
+  validity study and the tests inject known slowdowns into one side; asv runs never read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import json
+import os
+import re
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPPORTED = ("time_", "track_")  # peakmem_/mem_/timeraw_ need asv's process model: not gated
+#: TEST ONLY: ``REGEX=FRACTION;...`` injects extra CPU work per call into the matching cases
+INJECT_SLOWDOWN_ENV = "RLGAUGE_INJECT_SLOWDOWN"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How each side's worker measures (the noise controls); every side of a run uses one."""
+
+    threads: int | None = 1  # torch threads (and OMP/MKL); None: torch's default
+    cpu: int | None = -1  # pin to this CPU (-1: the last one allowed); None: no affinity
+    warmup: int = 3  # timed warm-up calls per case and round (kept apart from the samples)
+    budget_s: float = 0.3  # seconds of samples per case and round ...
+    min_samples: int = 5  # ... but at least this many
+    max_samples: int = 25  # ... and at most this many
+    track_calls: int = 3  # calls of a track_* method per round (median taken)
+    calibration_calls: int = 2  # reference-workload calls before each case and at the end
+    fork: bool = True  # each round in a forked child of the side's server (False: in-process)
+
+
+# --------------------------------------------------------------------------- slowdown knob
+
+
+def injected_slowdown(benchmark: str, spec: str | None = None) -> float:
+    """The fraction of extra work ``RLGAUGE_INJECT_SLOWDOWN`` (or ``spec``) asks for on
+    ``benchmark`` (a gate case id such as ``bench_gae.GAE.time_gae(device=cpu, ...)``).
+
+    The value is ``REGEX=FRACTION`` items separated by ``;``; the first item whose regex
+    ``re.search``-es the id wins (the split is on the item's last ``=``, so a regex may contain
+    ``=``). 0.0 when the variable is unset or nothing matches. Example: ``GAE=0.10;Sample=0.05``.
+    """
+    spec = os.environ.get(INJECT_SLOWDOWN_ENV, "") if spec is None else spec
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        pattern, sep, value = item.rpartition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = -1.0
+        if not sep or not pattern or not fraction >= 0:
+            raise ValueError(f"{INJECT_SLOWDOWN_ENV} item {item!r} is not REGEX=FRACTION with a "
+                             f"fraction >= 0 (e.g. 'GAE=0.10')")
+        if re.search(pattern, benchmark):
+            return fraction
+    return 0.0
+
+
+def _spin(iterations: int) -> int:
+    """The injected work: a pure-Python integer loop (slows down with the machine, as the
+    benchmark does, unlike a sleep)."""
+    total = 0
+    for i in range(iterations):
+        total += i % 7
+    return total
+
+
+def spin_rate(probe: int = 20_000, repeat: int = 5) -> float:
+    """Iterations of ``_spin`` per CPU second of this process, now: the fastest of ``repeat``
+    timings (``time.process_time``: time spent waiting for a CPU is not counted)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        _spin(probe)
+        times.append(time.process_time() - t0)
+    return probe / max(min(times), 1e-9)
+
+
+def slowed_down(benchmark: str, call, spec: str | None = None):
+    """``call`` itself when nothing is injected into ``benchmark``; otherwise ``call`` wrapped
+    so that each call is followed by ``fraction`` x (the call's own uncontended CPU cost) of
+    extra CPU work, measured as it runs: the 10th percentile of the CPU seconds of its last 15
+    calls, as ``spin_rate`` takes the fastest probe (``fraction`` from
+    ``injected_slowdown``). ``wrapped.iterations`` lists the work done per call."""
+    fraction = injected_slowdown(benchmark, spec)
+    if fraction <= 0:
+        return call
+    rate = spin_rate()
+    durations: list[float] = []
+
+    def wrapped():
+        t0 = time.process_time()
+        result = call()
+        durations.append(time.process_time() - t0)
+        recent = sorted(durations[-15:])
+        iterations = round(fraction * recent[(len(recent) - 1) // 10] * rate)
+        wrapped.iterations.append(iterations)
+        _spin(iterations)
+        return result
+
+    wrapped.iterations = []
+    return wrapped
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def case_id(module: str, qualname: str, names: Sequence[str], values: Sequence) -> str:
+    """``bench_gae.GAE.time_gae(device=cpu, impl=rlgauge, shape=64x1000)``."""
+    if not names:
+        return f"{module}.{qualname}"
+    pairs = ", ".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
+    return f"{module}.{qualname}({pairs})"
+
+
+def split_case(cid: str) -> tuple[str, str]:
+    """(benchmark, params): ``("bench_gae.GAE.time_gae", "device=cpu, impl=...")``."""
+    name, _, params = cid.partition("(")
+    return name, params[:-1] if params else ""
+
+
+@dataclass
+class _Case:
+    id: str
+    module: str
+    cls: type | None
+    method: str
+    func: Callable
+    params: tuple
+    kind: str  # time | track
+    unit: str
+    declared: bool | None  # the benchmark's own ``higher_is_better``, if it sets one
+    version: str
+    timer: Callable[[], float]
+    number: int
+
+    def meta(self) -> dict:
+        """What the runner learns of the case (it derives the direction from these)."""
+        return {"unit": self.unit, "kind": self.kind, "version": self.version,
+                "declared": self.declared}
+
+
+def _source_hash(*objs) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for obj in objs:
+        if obj is None:
+            continue
+        try:
+            h.update(inspect.getsource(obj).encode())
+        except (OSError, TypeError):
+            h.update(repr(obj).encode())
+    return h.hexdigest()[:12]
+
+
+def _grid(obj) -> tuple[tuple[str, ...], list[tuple]]:
+    params = getattr(obj, "params", None) or ()
+    if params and not isinstance(params[0], list | tuple):
+        params = (params,)  # asv: a flat list is one parameter
+    names = tuple(getattr(obj, "param_names", None) or
+                  (f"param{i + 1}" for i in range(len(params))))
+    return names, list(itertools.product(*params)) if params else [()]
+
+
+def discover(tree: Path, wanted: Callable[[str], bool], modules: Iterable[str] | None = None
+             ) -> tuple[list[_Case], dict[str, str]]:
+    """Benchmarks of ``tree/bench`` (imported from the interpreter's path) whose case id
+    ``wanted`` accepts, and {module: import error}."""
+    import importlib
+
+    if modules is None:
+        modules = sorted(p.stem for p in (tree / "bench").glob("bench_*.py"))
+    cases, errors = [], {}
+    for modname in modules:
+        if not (tree / "bench" / f"{modname}.py").is_file():
+            continue  # a checkout that predates (or dropped) the module: its cases are absent
+        try:
+            mod = importlib.import_module(f"bench.{modname}")
+        except Exception as exc:  # a module that does not import is every one of its cases
+            errors[modname] = f"{type(exc).__name__}: {exc}"
+            continue
+        holders = [(name, obj) for name, obj in vars(mod).items() if not name.startswith("_")
+                   and inspect.isclass(obj) and obj.__module__ == mod.__name__]
+        for cls_name, cls in [*holders, (None, None)]:
+            members = (inspect.getmembers(cls, callable) if cls is not None else
+                       [(n, f) for n, f in vars(mod).items() if inspect.isfunction(f)])
+            for meth, func in members:
+                if not meth.startswith(SUPPORTED):
+                    continue
+                owner = cls if cls is not None else func  # asv reads attributes from there
+                names, combos = _grid(func if cls is None else cls)
+                qual = meth if cls is None else f"{cls_name}.{meth}"
+                unit = "seconds" if meth.startswith("time_") else getattr(func, "unit", "unit")
+                timer = getattr(owner, "timer", None) or time.perf_counter
+                number = getattr(owner, "number", 0) or 1
+                version = _source_hash(func, getattr(cls, "setup", None),
+                                       getattr(owner, "version", None))
+                for combo in combos:
+                    cid = case_id(modname, qual, names, combo)
+                    if wanted(cid):
+                        cases.append(_Case(
+                            cid, modname, cls, meth, func, tuple(combo),
+                            "time" if meth.startswith("time_") else "track", unit,
+                            getattr(func, "higher_is_better", None), version, timer, number))
+    return cases, errors
+
+
+def selector(cases: Sequence[str] | None, regex: str | None) -> Callable[[str], bool]:
+    """Accepts a case id matched by ``regex`` (``re.search``), else one listed in ``cases``."""
+    if regex:
+        pattern = re.compile(regex)
+        return lambda cid: bool(pattern.search(cid))
+    chosen = set(cases or ())
+    return lambda cid: cid in chosen
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class _Worker:
+    """One side's server: imports its checkout once, then measures rounds (forked children)."""
+
+    def __init__(self, cfg: dict, timing):
+        self.cfg = cfg
+        self.timing = timing
+        self.settings = Settings(**cfg["settings"])
+        self.tree = Path(cfg["tree"])
+
+    def prepare(self) -> dict:
+        applied = self.timing.pin_process(self.settings.threads, self.settings.cpu)
+        if self.cfg.get("compat"):
+            from harness import compat  # the measured checkout's compat module
+
+            compat.apply()
+        import torch
+
+        cases = self.cfg.get("cases")
+        modules = sorted({c.split(".", 1)[0] for c in cases}) if cases and not \
+            self.cfg.get("regex") else None
+        self.cases, module_errors = discover(self.tree, selector(cases, self.cfg.get("regex")),
+                                             modules)
+        self.errors = {c: f"module: {module_errors[c.split('.', 1)[0]]}" for c in cases or ()
+                       if c.split(".", 1)[0] in module_errors}
+        self.skipped: dict[str, str] = {}
+        self.caches: dict = {}
+        self.inject = bool(os.environ.get(INJECT_SLOWDOWN_ENV))
+        for case in list(self.cases):  # warm the server: lazy imports, kernels, caches
+            outcome = self._measure(case, warm_only=True)
+            if "skipped" in outcome or "error" in outcome:
+                self.cases.remove(case)
+                (self.skipped if "skipped" in outcome else self.errors)[case.id] = \
+                    outcome.get("skipped") or outcome["error"]
+        versions = {"python": sys.version.split()[0], "torch": torch.__version__}
+        for dist in ("torchrl", "tensordict"):
+            with contextlib.suppress(Exception):
+                from importlib.metadata import version
+
+                versions[dist] = version(dist)
+        return {"cases": {c.id: c.meta() for c in self.cases}, "skipped": self.skipped,
+                "errors": self.errors, "versions": versions, "pinned": applied,
+                "module_errors": module_errors, "pid": os.getpid()}
+
+    def _cache(self, case: _Case):
+        """setup_cache's value, computed once per (checkout, interpreter, class) and pickled
+        into the run's directory: the servers of one run share it, as asv shares it per
+        environment and commit."""
+        import fcntl
+        import pickle
+
+        if case.cls is None or not hasattr(case.cls, "setup_cache"):
+            return None
+        key = f"{case.module}.{case.cls.__name__}"
+        if key not in self.caches:
+            path = Path(self.cfg["cache_dir"]) / f"{key}.pkl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path.with_suffix(".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if path.exists():
+                    self.caches[key] = pickle.loads(path.read_bytes())
+                else:
+                    self.caches[key] = case.cls().setup_cache()
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_bytes(pickle.dumps(self.caches[key]))
+                    os.replace(tmp, path)
+        return self.caches[key]
+
+    def _calibrate(self, wall: list, cpu: list) -> None:
+        for _ in range(self.settings.calibration_calls):
+            t0, p0 = time.perf_counter(), time.process_time()
+            self.timing._reference_workload()
+            cpu.append(time.process_time() - p0)
+            wall.append(time.perf_counter() - t0)
+
+    def _measure(self, case: _Case, warm_only: bool = False) -> dict:
+        s = self.settings
+        inst, args = None, case.params
+        try:
+            cache = self._cache(case)
+            args = ((cache,) if cache is not None else ()) + case.params
+            inst = case.cls() if case.cls is not None else None
+            if inst is not None and hasattr(inst, "setup"):
+                inst.setup(*args)
+            elif case.cls is None and hasattr(case.func, "setup"):
+                case.func.setup(*args)
+        except NotImplementedError as exc:
+            with contextlib.suppress(Exception):
+                inst.teardown(*args)
+            return {"skipped": str(exc) or "NotImplementedError in setup"}
+        except Exception as exc:
+            return {"error": f"setup: {type(exc).__name__}: {exc}"}
+        fn = getattr(inst, case.method) if inst is not None else case.func
+        call = lambda: fn(*args)  # noqa: E731
+        try:
+            if warm_only:
+                call()
+                return {}
+            if case.kind == "track":
+                values = [float(call()) for _ in range(s.track_calls)]
+                return {"samples": values, "track": True}
+            warm, warm_cpu = [], []
+            for _ in range(s.warmup):
+                w0, c0, p0 = time.perf_counter(), case.timer(), time.process_time()
+                call()
+                p1, c1, w1 = time.process_time(), case.timer(), time.perf_counter()
+                warm.append(c1 - c0)
+                warm_cpu.append((p1 - p0) * (c1 - c0) / (w1 - w0) if w1 > w0 else 0.0)
+            if self.inject:  # the test-only knob (RLGAUGE_INJECT_SLOWDOWN)
+                call = slowed_down(case.id, call)
+            t = self.timing.measure(call, repeat=s.max_samples, number=case.number, warmup=0,
+                                    timer=case.timer, max_time=s.budget_s,
+                                    min_repeat=s.min_samples, cpu=True)
+            out = {"samples": list(t.samples), "cpu": list(t.cpu_samples), "warmup": warm,
+                   "warmup_cpu": warm_cpu}
+            if hasattr(call, "iterations"):
+                out["injected_iterations"] = statistics.median(call.iterations)
+            return out
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            with contextlib.suppress(Exception):
+                if inst is not None and hasattr(inst, "teardown"):
+                    inst.teardown(*args)
+
+    def round(self, index: int) -> dict:
+        if self.settings.threads is not None:  # closing a SerialEnv resets torch's count
+            import torch
+
+            torch.set_num_threads(self.settings.threads)
+        shift = index % max(1, len(self.cases))
+        order = self.cases[shift:] + self.cases[:shift]  # no case always first after the fork
+        wall: list[float] = []
+        cpu: list[float] = []
+        result = {"round": index, "started": time.time(), "loadavg": os.getloadavg(),
+                  "cases": {}}
+        for case in order:
+            self._calibrate(wall, cpu)
+            t0 = time.perf_counter()
+            result["cases"][case.id] = self._measure(case)
+            result["cases"][case.id]["seconds"] = time.perf_counter() - t0  # setup included
+        self._calibrate(wall, cpu)
+        result["calibration"], result["calibration_cpu"] = wall, cpu
+        result["finished"] = time.time()
+        return result
+
+    def serve(self, reply) -> None:
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if cmd["op"] == "quit":
+                return
+            out = Path(cmd["out"])
+            if self.settings.fork and hasattr(os, "fork"):
+                pid = os.fork()
+                if pid == 0:  # the child: measure, write, leave without running atexit hooks
+                    code = 1
+                    try:
+                        _write_json(out, self.round(cmd["round"]))
+                        code = 0
+                    except BaseException:
+                        traceback.print_exc()
+                    finally:
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                        os._exit(code)
+                _, status = os.waitpid(pid, 0)
+                ok = os.waitstatus_to_exitcode(status) == 0
+            else:
+                try:
+                    _write_json(out, self.round(cmd["round"]))
+                    ok = True
+                except Exception:
+                    traceback.print_exc()
+                    ok = False
+            reply.write(json.dumps({"event": "done", "ok": ok}) + "\n")
+            reply.flush()
+
+
+def _write_json(path: Path, data) -> None:
+    """tmp + rename (``harness.atomic`` is not importable here: see the module docstring)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """Entry point inside a side's interpreter (see ``harness.gate.runner.BOOT``)."""
+    cfg = json.loads(argv[0])
+    reply = os.fdopen(cfg["reply_fd"], "w", buffering=1)
+    try:
+        worker = _Worker(cfg, sys.modules["_rlgauge_timing"])
+        info = worker.prepare()
+    except BaseException as exc:
+        traceback.print_exc()
+        reply.write(json.dumps({"event": "failed",
+                                "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        return 1
+    reply.write(json.dumps({"event": "ready", **info}) + "\n")
+    reply.flush()
+    worker.serve(reply)
+    return 0
