@@ -43,6 +43,7 @@ import functools
 import statistics
 import time
 
+from bench import raw
 from bench.common import (
     DEVICES,
     RLBenchmark,
@@ -288,70 +289,9 @@ class MultiCollect(RLBenchmark):
 # --------------------------------------------------------------------------- the floor
 
 
-def _raw_gymnasium(spec, num_envs: int, seed: int):
-    """(first observations [N, D], step(actions) -> observations, action space, close)."""
-    import gymnasium as gym
-
-    if num_envs == 1:
-        env = backends.gym_make(spec)
-        obs, _ = env.reset(seed=seed)
-
-        def step(actions):
-            obs, _, terminated, truncated, _ = env.step(actions[0])
-            if terminated or truncated:
-                obs, _ = env.reset()
-            return obs[None]
-
-        return obs[None], step, env.action_space, env.close
-    env = gym.vector.SyncVectorEnv([functools.partial(backends.gym_make, spec)] * num_envs)
-    obs, _ = env.reset(seed=seed)
-    return obs, (lambda actions: env.step(actions)[0]), env.single_action_space, env.close
-
-
-def _raw_dm_control(spec, num_envs: int, seed: int):
-    import numpy as np
-    from dm_control import suite
-    from gymnasium import spaces
-
-    envs = [suite.load(*spec.id, task_kwargs={"random": seed + i}) for i in range(num_envs)]
-
-    def flat(time_step):
-        return np.concatenate([np.ravel(v) for v in time_step.observation.values()])
-
-    def step(actions):
-        out = []
-        for env, action in zip(envs, actions, strict=True):
-            time_step = env.step(action)
-            out.append(flat(env.reset() if time_step.last() else time_step))
-        return np.stack(out)
-
-    aspec = envs[0].action_spec()
-    space = spaces.Box(aspec.minimum, aspec.maximum, dtype=np.float32)
-    return (np.stack([flat(env.reset()) for env in envs]), step, space,
-            lambda: [env.close() for env in envs])
-
-
-def _raw_envpool(spec, num_envs: int, seed: int):
-    import warnings
-
-    import envpool
-    import numpy as np
-
-    with warnings.catch_warnings():  # float64 bounds of float32 Boxes
-        warnings.filterwarnings("ignore", message=".*precision lowered.*")
-        pool = envpool.make(spec.id, env_type="gymnasium", num_envs=num_envs, seed=seed,
-                            max_num_players=1)
-        space = pool.action_space
-    obs, _ = pool.reset()
-    discrete = hasattr(space, "n")
-
-    def step(actions):  # envpool auto-resets finished envs on their next step
-        return pool.step(actions.astype(np.int32) if discrete else actions)[0]
-
-    return obs, step, space, pool.close
-
-
-RAW = {"gymnasium": _raw_gymnasium, "dm_control": _raw_dm_control, "envpool": _raw_envpool}
+#: backend -> its raw library loop (``bench.raw``): ``(spec, num_envs, seed) -> (first
+#: observations [N, D], step(actions) -> observations, action space, close)``
+RAW = raw.STEPPERS
 
 
 def raw_policy(policy: str, space, num_envs: int, net, device, seed: int = 0):

@@ -30,6 +30,7 @@ import time
 
 import torch  # noqa: F401 -- imported once by asv's forkserver, not per benchmark process
 
+from bench import raw
 from bench.common import RLBenchmark, require_backend
 from harness import backends
 from harness.devices import synchronize
@@ -39,74 +40,9 @@ NUM_ENVS = [1, 8]
 CASES = [f"{backend}/{task}" for backend, task in backends.pairs(available_only=False)]
 
 
-def _raw_gymnasium(spec, num_envs: int, seed: int):
-    import gymnasium as gym
-
-    if num_envs == 1:
-        env = backends.gym_make(spec)
-    else:
-        env = gym.vector.SyncVectorEnv([functools.partial(backends.gym_make, spec)] * num_envs)
-    space = env.action_space  # batched for the vector env
-    space.seed(seed)
-    actions = [space.sample() for _ in range(STEPS)]
-
-    def run():
-        env.reset(seed=seed)
-        for a in actions:
-            _, _, term, trunc, _ = env.step(a)
-            if num_envs == 1 and (term or trunc):
-                env.reset()
-
-    return run, env.close
-
-
-def _raw_dm_control(spec, num_envs: int, seed: int):
-    import numpy as np
-    from dm_control import suite
-
-    envs = [suite.load(*spec.id, task_kwargs={"random": seed + i}) for i in range(num_envs)]
-    aspec = envs[0].action_spec()
-    actions = np.random.default_rng(seed).uniform(aspec.minimum, aspec.maximum,
-                                                  size=(STEPS, num_envs, *aspec.shape))
-
-    def run():
-        for env in envs:
-            env.reset()
-        for step_actions in actions:
-            for env, a in zip(envs, step_actions, strict=True):
-                if env.step(a).last():
-                    env.reset()
-
-    return run, lambda: [env.close() for env in envs]
-
-
-def _raw_envpool(spec, num_envs: int, seed: int):
-    import warnings
-
-    import envpool
-    import numpy as np
-
-    with warnings.catch_warnings():  # float64 bounds of float32 Boxes
-        warnings.filterwarnings("ignore", message=".*precision lowered.*")
-        pool = envpool.make(spec.id, env_type="gymnasium", num_envs=num_envs, seed=seed,
-                            max_num_players=1)
-        space = pool.action_space
-    rng = np.random.default_rng(seed)
-    if hasattr(space, "n"):
-        actions = rng.integers(0, space.n, size=(STEPS, num_envs)).astype(np.int32)
-    else:
-        actions = rng.uniform(space.low, space.high,
-                              size=(STEPS, num_envs, *space.shape)).astype(space.dtype)
-
-    def run():
-        pool.reset()
-        for a in actions:
-            pool.step(a)
-
-    return run, pool.close
-
-
-RAW = {"gymnasium": _raw_gymnasium, "dm_control": _raw_dm_control, "envpool": _raw_envpool}
+#: backend -> its raw library loop (``bench.raw``): ``(spec, num_envs, seed) -> (run, close)``
+RAW = {backend: functools.partial(random_steps, steps=STEPS)
+       for backend, random_steps in raw.RANDOM_STEPS.items()}
 
 #: torchrl stepping -> its floor, the raw library loop: the ``impl=raw`` point of the same
 #: benchmark (``harness.asv_results``' selector syntax); rows pair up on device, case, num_envs

@@ -145,7 +145,7 @@ def _require_pixels() -> None:
 
 def _pixel_stepper(impl: str, device):
     """``(run, close)``: ``run()`` makes ``STEPS`` random-action steps of the pixel env."""
-    from harness import runs
+    from harness import pixels, runs
     from reference_impls import recurrent_dqn
 
     config = runs.resolve(runs.spec_for(recipe=PIXEL_RECIPE, device=str(device),  # not timed
@@ -159,7 +159,7 @@ def _pixel_stepper(impl: str, device):
 
         task = backends.get_task(config.backend, config.task)
         vec = gym.vector.SyncVectorEnv(
-            [functools.partial(recurrent_dqn._rendering_env, task.id)] * config.num_envs)
+            [functools.partial(pixels.rendering_env, task.id)] * config.num_envs)
         vec.action_space.seed(0)
         vec.reset(seed=0)
 
@@ -171,7 +171,9 @@ def _pixel_stepper(impl: str, device):
     if impl == "wrapper":
         from harness import backends
 
-        holder = recurrent_dqn.make_pixel_env(config)
+        holder = pixels.make_env(config.backend, config.task, device=config.device,
+                                 num_envs=config.num_envs, seed=config.seed,
+                                 size=config.pixel_size)
         env = backends.simulator_of(holder)  # torchrl's GymWrapper (on the CPU): no transforms
     else:
         env = holder = recurrent_dqn.make_env(config)

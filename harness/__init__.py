@@ -1,21 +1,42 @@
 """rlgauge's harness: everything that is not an algorithm or a benchmark.
 
-Modules (see DESIGN.md):
+Modules (see DESIGN.md), by what they are for:
 
+Running things
 - ``registry``    -- the named things rlgauge can run (backends, algorithms) and why one is missing
+- ``runs``        -- one run: ``RunSpec``, ``resolve`` (checked inputs -> module, Config) and the
+  one finisher of its records; used by ``cli``, ``matrix``, ``learning`` and the benchmarks
+- ``training``    -- what every reference algorithm's loop shares (``BaseConfig``, ``Run``, the
+  collection generator, evaluation)
+- ``recipes``     -- torchrl's tutorial pipelines as named configurations, with their criteria
+- ``learning``    -- published-threshold checks (``nox -s learning``), through the matrix
+- ``matrix`` (+ ``matrix_ray``) -- grids of runs in isolated worker processes, resumable
+
+Envs and devices
+- ``backends``    -- env backends behind one convention (``envpool_env``: the envpool env;
+  ``pixels``: rendered-frame envs); ``probes`` -- closed-form probe envs
 - ``devices``     -- which devices exist here, their one canonical name (cpu, cuda:N), the
   hardware a result ran on (CPU model, GPU, CUDA), device synchronisation for honest timing
-- ``results``     -- the tidy results schema, validation, atomic writes, provenance
-- ``torchrl_ext`` -- detects and rebuilds torchrl's C++ extension (prioritized replay)
-- ``backends`` / ``probes`` -- env backends behind one convention; closed-form probe envs
+
+Value estimators
 - ``estimators``  -- GAE / TD(λ): float64 oracles and the fast kernels (``gae_native``: the
-  fused C++ kernel, built and cached on first use; ``gae_estimator``: torchrl-compatible module)
-- ``training`` / ``learning`` -- what every reference algorithm shares; published thresholds
-- ``matrix`` (+ ``matrix_ray``) -- grids of runs in isolated worker processes, resumable
-- ``report``      -- tables, plots, intervals and comparisons of results
+  fused C++ kernel of ``csrc/``, built, self-tested and cached on first use;
+  ``gae_estimator``: the torchrl-compatible module)
+- ``torchrl_ext`` -- makes torchrl's C++ extension load (rebuilt, self-tested; prioritized replay)
+
+Results and comparisons
+- ``results``     -- the tidy results schema, validation, loading; ``provenance`` -- where and
+  with what a value was measured (machine, versions, hardware); ``atomic`` -- the one way files
+  are written
+- ``report``      -- tables, plots, intervals and ``compare`` of result sets
+- ``comparison``  -- the one vocabulary of comparisons: direction, verdicts, formatting
 - ``timing`` / ``asv_results`` -- timers and calibration; asv's database as tables
-- ``doctor``      -- the environment report behind ``python -m harness doctor``
-- ``cli``         -- ``python -m harness ...`` / ``rlgauge ...``; the only module that prints
+- ``gate/``       -- the regression gate (worker, runner, cases, stats, compare, baseline,
+  validity, noise, cli); ``compat`` -- torchrl API differences across versions
+
+The command line
+- ``cli``         -- ``python -m harness ...`` / ``rlgauge ...`` (``progress``: its bars and log
+  lines); ``doctor`` -- the environment report; ``errors`` -- the one-line errors
 
 Importing ``harness`` is cheap: no torch or torchrl import happens until a function needs it.
 """

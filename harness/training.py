@@ -1,17 +1,18 @@
 """Plumbing shared by the reference implementations, so that none of them repeats it.
 
 - ``BaseConfig``: the fields every algorithm's frozen ``Config`` starts with (backend, task,
-  device, num_envs, frames, seed) and their validation against the registries.
-- ``TimedPolicy``: wraps a policy so that a ``Collector`` charges its forward passes to the
-  ``policy`` section; what the collector spends outside the policy is env stepping.
+  device, num_envs, frames, seed), the checks of its choice fields (``CHOICES``) and
+  ``for_task``: the Config of a task from its ``PRESETS`` (each module's ``config_for``).
+- ``Run``: the bookkeeping of one ``train`` call -- the seed, the time sections, the collector
+  with its policy timed (``TimedPolicy``), the batches with their episode returns logged
+  (``collect``), progress reports, the end-of-run time split and the final evaluation -- so that
+  ``train`` shows only its algorithm's phases.
 - ``TrainLog``: collects curves (value at a frame count) and end-of-run scalars, and turns them
-  into tidy ``harness.results`` records with the run's context.
-- ``episode_returns``: the returns of the episodes that ended in a collected batch
-  (needs torchrl's ``RewardSum`` transform on the env).
-- ``collect``: the collection half of every training loop -- batches from a ``Collector``,
-  their time charged to ``collect``, episode returns (``EpisodeReturns``) and the longest step
-  count logged.
-- ``evaluate``: deterministic-policy returns over whole episodes.
+  into tidy ``harness.results`` records with the run's context; ``LossMeans``: losses summed
+  over gradient steps, logged as means.
+- ``evaluate`` / ``evaluate_stepwise``: deterministic-policy returns over whole episodes.
+- ``env_dims``, ``add_observation_norm``/``observation_stats``, ``add_primers``: what the
+  modules need to know about an env, and the transforms they share.
 
 Algorithms report progress through a ``progress(frames_done, frames_total, info)`` callback and
 never print.
@@ -24,6 +25,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -32,6 +34,7 @@ from tensordict.nn import TensorDictModuleBase
 
 from harness import results
 from harness.devices import synchronize
+from harness.errors import UsageError
 from harness.timing import Sections
 
 Progress = Callable[[int, int, Mapping[str, float]], None]
@@ -56,10 +59,26 @@ class BaseConfig:
     seed: int = 0
     """Seeds torch, the envs and the collector; same seed + config on CPU -> same returns."""
 
+    #: settings that differ from the defaults per (backend, task): each algorithm's own
+    PRESETS: ClassVar[dict[tuple[str, str], dict]] = {}
+    #: field name -> its valid values, checked at construction
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+
     def __post_init__(self):
         from harness.devices import canonical
 
         object.__setattr__(self, "device", canonical(self.device))
+        for name, valid in self.CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise UsageError(f"{name} must be one of {', '.join(valid)}; "
+                                 f"got {getattr(self, name)!r}")
+
+    @classmethod
+    def for_task(cls, backend: str, task: str, **overrides):
+        """The Config for ``backend``/``task``: defaults, then the task's preset, then
+        overrides (each algorithm module's ``config_for``)."""
+        return cls(backend=backend, task=task,
+                   **{**cls.PRESETS.get((backend, task), {}), **overrides})
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -96,6 +115,104 @@ class LearningTarget:
     threshold: float
     source: str = "RL Zoo"
     overrides: dict = field(default_factory=dict)  # Config fields on top of config_for's preset
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class Run:
+    """The bookkeeping of one ``train`` call, so that ``train`` reads as its algorithm alone::
+
+        run = Run(ALGORITHM, config, progress)   # seeds torch
+        ...env, networks, loss, optimiser, buffer...
+        collector = run.collector(env, policy)   # the log and the wall clock start
+        for frames, batch, returns in run.collect(collector):
+            ...the algorithm's update...          # progress is reported after each
+        run.close(collector, env)                 # wall time, env / policy / update split
+        run.evaluate(make_env, policy)            # final_return
+        return run.result({"actor": actor})
+
+    ``device`` and ``budget`` (the frames the collector collects: ``collector_frames``) are the
+    run's; ``sections`` times its ``collect``, ``policy`` and ``update`` sections; ``log`` holds
+    its records.
+    """
+
+    def __init__(self, algorithm: str, config: BaseConfig, progress: Progress | None = None):
+        torch.manual_seed(config.seed)
+        self.algorithm, self.config, self.progress = algorithm, config, progress
+        self.device = torch.device(config.device)
+        self.budget = collector_frames(config)
+        self.sections = Sections(self.device)
+        self.log = TrainLog()
+        self.frames = 0
+        self.clock: Clock | None = None
+
+    def collector(self, env, policy, **options):
+        """torchrl's ``Collector`` of ``config.frames_per_batch``-frame batches over the budget,
+        with ``policy``'s forward passes charged to the ``policy`` section (``options``: more
+        ``Collector`` arguments, e.g. ``init_random_frames``). Training starts here: the log's
+        ``elapsed_s`` and the wall clock count from now."""
+        from torchrl.collectors import Collector
+
+        collector = Collector(env, TimedPolicy(policy, self.sections),
+                              frames_per_batch=self.config.frames_per_batch,
+                              total_frames=self.budget, device=self.device,
+                              auto_register_policy_transforms=False, **options)
+        self.log.t0 = time.perf_counter()
+        self.clock = Clock(self.device)
+        return collector
+
+    def collect(self, collector, **options):
+        """``collect`` over ``collector`` (``options``: its ``step_counter``, ``return_scale``):
+        yields ``(frames, batch, returns)``, and reports progress once the caller is done with
+        each batch."""
+        for frames, batch, returns in collect(collector, self.sections, self.log, **options):
+            self.frames = frames
+            yield frames, batch, returns
+            if self.progress is not None:
+                self.progress(self.frames, self.budget,
+                              {"return": self.log.last("episode_return")})
+
+    def close(self, collector, *envs) -> None:
+        """End of training: the wall time, the collector and ``envs`` shut (``close_run``), and
+        the wall-time split and throughput recorded (``timing_records``)."""
+        wall = self.clock.elapsed()
+        close_run(collector, *envs)
+        timing_records(self.log, self.sections, self.frames, wall)
+
+    def evaluate(self, make_env, policy, *, prepare=None, stepwise: bool = False) -> None:
+        """``final_return``: mean return of ``config.eval_episodes`` deterministic-policy
+        episodes.
+
+        The episodes run as one batch of up to 16 envs (``make_env(config)`` seeded apart from
+        training; a batched step costs far less than one env at a time); ``prepare`` adapts the
+        env to the policy (e.g. the recurrent-state primers); ``stepwise`` steps without keeping
+        the trajectory (``evaluate_stepwise``: rendered frames). Nothing is recorded when
+        ``eval_episodes`` is 0.
+        """
+        config = self.config
+        if config.eval_episodes <= 0:
+            return
+        threads = torch.get_num_threads()
+        env = make_env(config.replace(seed=config.seed + 10_000,
+                                      num_envs=min(config.eval_episodes, 16)))
+        if prepare is not None:
+            env = prepare(env)
+        try:
+            value = (evaluate_stepwise if stepwise else evaluate)(
+                env, policy, config.eval_episodes, config.max_episode_steps)
+        finally:
+            if not getattr(env, "is_closed", True):
+                env.close()
+            torch.set_num_threads(threads)
+        self.log.scalar("final_return", value, "return")
+
+    def result(self, modules: dict[str, torch.nn.Module]) -> TrainResult:
+        """The run's tidy records and its trained ``modules``."""
+        return TrainResult(self.log.frame(self.algorithm, self.config), modules)
+
+
+# --------------------------------------------------------------------------- its parts
 
 
 class TimedPolicy(TensorDictModuleBase):
@@ -148,6 +265,29 @@ class TrainLog:
                 rows.append({**r, "status": "diverged",
                              "error": f"{r['metric']} is {r['value']}"})
         return results.make_records(rows, **config.context(algorithm), **extra)
+
+
+class LossMeans:
+    """Losses summed over gradient steps, logged as their means: ``add(losses)`` after every
+    step (the ``keys`` a step's losses have, detached), ``record(log, frames)`` logs each
+    key's mean at ``frames`` and starts over (nothing when no step was added)."""
+
+    def __init__(self, *keys: str):
+        self.keys = keys
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, losses: TensorDictBase) -> None:
+        for key in self.keys:
+            if key in losses.keys():
+                self.sums[key] = self.sums.get(key, 0.0) + losses[key].detach()
+        self.steps += 1
+
+    def record(self, log: TrainLog, frames: int) -> None:
+        if self.steps:
+            for key, total in self.sums.items():
+                log.curve(key, float(total) / self.steps, frames)
+        self.sums, self.steps = {}, 0
 
 
 def timing_records(log: TrainLog, sections: Sections, frames: int, wall: float) -> None:
@@ -222,12 +362,6 @@ def collect(collector, sections, log: TrainLog, *, step_counter: bool = False,
         yield frames, batch, returns
 
 
-def episode_returns(batch: TensorDictBase) -> torch.Tensor:
-    """Returns of the episodes that ended in ``batch`` (env wrapped with ``RewardSum``)."""
-    done = batch["next", "done"]
-    return batch["next", "episode_reward"][done].float()
-
-
 def evaluate(env, policy, episodes: int, max_steps: int) -> float:
     """Mean return of ``episodes`` whole episodes with the policy's deterministic actions."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -245,6 +379,32 @@ def evaluate(env, policy, episodes: int, max_steps: int) -> float:
     return float(sum(returns[:episodes]) / episodes)
 
 
+def evaluate_stepwise(env, policy, episodes: int, max_steps: int) -> float:
+    """``evaluate``'s mean return, stepping without keeping the trajectory and stopping when
+    every episode of the batch has ended (each cut at ``max_steps``). ``evaluate`` keeps the
+    whole rollout: with rendered frames glibc's heap then fragments around the ~4 MB of
+    per-step temporaries (the RGB frame and its float copy), and RSS grew by 1.75 MB per step
+    -- a 5-env x 500-step evaluation took 3.8 GB."""
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    returns: list[float] = []
+    n = env.batch_size.numel()
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        while len(returns) < episodes:
+            td = env.reset()
+            total = torch.zeros(n, dtype=torch.float64, device=env.device)
+            steps = torch.zeros(n, dtype=torch.long, device=env.device)
+            ended = torch.zeros(n, dtype=torch.bool, device=env.device)
+            while not ended.all():
+                step, td = env.step_and_maybe_reset(policy(td))
+                live = ~ended
+                total += step["next", "reward"].reshape(n).double() * live
+                steps += live.long()
+                ended |= step["next", "done"].reshape(n) | (steps >= max_steps)
+            returns.extend(total.tolist())
+    return sum(returns[:episodes]) / episodes
+
+
 class Clock:
     """Wall clock of a run, synchronised with the device at start and stop."""
 
@@ -256,6 +416,18 @@ class Clock:
     def elapsed(self) -> float:
         synchronize(self.device)
         return time.perf_counter() - self.t0
+
+
+def close_run(collector, *envs) -> None:
+    """Shut the collector (it closes its env) and any other env, keeping torch's thread count:
+    closing a torchrl ``SerialEnv`` resets it to the count at torchrl's import (then every
+    later update in the process runs on more threads than asked, 5-7x slower when contended)."""
+    threads = torch.get_num_threads()
+    collector.shutdown()
+    for env in envs:
+        if not getattr(env, "is_closed", True):
+            env.close()
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- env facts
@@ -283,42 +455,29 @@ def env_dims(env) -> EnvDims:
                    spec.space.high.clone())
 
 
-# --------------------------------------------------------------------------- end of a run
+def add_observation_norm(env, key: str, steps: int, stats=None, *, reduce_dim=(0, 1)):
+    """``env`` with torchrl's ``ObservationNorm`` (standard normal) of ``key`` appended: its
+    ``(loc, scale)`` are ``stats`` (an evaluation env normalising as a training env did), else
+    computed from ``steps`` random-action frames of the env (``init_stats``, its rollouts
+    ``[num_envs, T, *entry]`` reduced over ``reduce_dim``: over envs and time by default)."""
+    from torchrl.envs import ObservationNorm
+
+    loc, scale = stats if stats is not None else (None, None)
+    norm = ObservationNorm(loc=loc, scale=scale, in_keys=[key], standard_normal=True)
+    env = env.append_transform(norm)
+    if stats is None:
+        norm.init_stats(steps, reduce_dim=reduce_dim, cat_dim=1)
+    return env
 
 
-def close_run(collector, *envs) -> None:
-    """Shut the collector (it closes its env) and any other env, keeping torch's thread count:
-    closing a torchrl ``SerialEnv`` resets it to the count at torchrl's import (then every
-    later update in the process runs on more threads than asked, 5-7x slower when contended)."""
-    threads = torch.get_num_threads()
-    collector.shutdown()
-    for env in envs:
-        if not getattr(env, "is_closed", True):
-            env.close()
-    torch.set_num_threads(threads)
+def observation_stats(env) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(loc, scale)`` of the env's ``ObservationNorm``, or None without one."""
+    from torchrl.envs import ObservationNorm
 
-
-def final_evaluation(log: TrainLog, make_env, config, policy, *, prepare=None) -> None:
-    """``final_return``: mean return of ``config.eval_episodes`` deterministic-policy episodes.
-
-    The episodes run as one batch of up to 16 envs seeded apart from training (a batched step
-    costs far less than one env at a time); ``prepare`` adapts the env to the policy (e.g. the
-    recurrent-state primers). Nothing is recorded when ``eval_episodes`` is 0.
-    """
-    if config.eval_episodes <= 0:
-        return
-    threads = torch.get_num_threads()
-    env = make_env(config.replace(seed=config.seed + 10_000,
-                                  num_envs=min(config.eval_episodes, 16)))
-    if prepare is not None:
-        env = prepare(env)
-    try:
-        value = evaluate(env, policy, config.eval_episodes, config.max_episode_steps)
-    finally:
-        if not getattr(env, "is_closed", True):
-            env.close()
-        torch.set_num_threads(threads)
-    log.scalar("final_return", value, "return")
+    transform = getattr(env, "transform", None)
+    norms = [m for m in (transform.modules() if transform is not None else ())
+             if isinstance(m, ObservationNorm)]
+    return (norms[0].loc.clone(), norms[0].scale.clone()) if norms else None
 
 
 def add_primers(env, policy):

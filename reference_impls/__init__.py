@@ -1,10 +1,14 @@
 """Reference RL algorithms built from torchrl parts: one readable module per algorithm.
 
-Each module has a frozen ``Config``, ``config_for(backend, task, **overrides)``, ``make_env``,
-``make_modules``, ``make_loss``, ``train(config, progress=None) -> TrainResult`` and
-``LEARNING_TARGETS`` (published returns checked by ``nox -s learning``). The registrations below
-(module path + the action kinds it can act in) are what ``python -m harness list``, ``train``
-and the matrix read; importing this package does not import torchrl.
+Each module has a frozen ``Config`` (its ``PRESETS`` per task), ``config_for(backend, task,
+**overrides)`` (``Config.for_task``), ``make_env``, ``make_modules``, ``make_loss``,
+``train(config, progress=None) -> TrainResult`` and ``LEARNING_TARGETS`` (published returns
+checked by ``nox -s learning``). ``train`` reads top to bottom: the parts built, then the loop's
+phases under ``# --- collect``, ``# --- advantage`` (PPO), ``# --- update`` and
+``# --- evaluate``; the bookkeeping (seeding, timing, return logging, progress, end-of-run
+records) is ``harness.training.Run``'s. The registrations below (module path + the action kinds
+it can act in) are what ``python -m harness list``, ``train`` and the matrix read; importing this
+package does not import torchrl.
 """
 
 from harness.registry import ALGORITHMS

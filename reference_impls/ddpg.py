@@ -22,11 +22,11 @@ initialisation (as Stable-Baselines3), equal learning rates for actor and critic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.envs import InitTracker
 from torchrl.modules import (
@@ -38,24 +38,8 @@ from torchrl.modules import (
 )
 from torchrl.objectives import DDPGLoss, SoftUpdate, ValueEstimators
 
-from harness import backends
+from harness import backends, training
 from harness.errors import UsageError
-from harness.timing import Sections
-from harness.training import (
-    BaseConfig,
-    Clock,
-    LearningTarget,
-    Progress,
-    TimedPolicy,
-    TrainLog,
-    TrainResult,
-    close_run,
-    collect,
-    collector_frames,
-    env_dims,
-    final_evaluation,
-    timing_records,
-)
 
 ALGORITHM = "ddpg"
 
@@ -67,7 +51,7 @@ TRANSITION_KEYS = ("observation", "action", ("next", "observation"), ("next", "r
 
 
 @dataclass(frozen=True)
-class Config(BaseConfig):
+class Config(training.BaseConfig):
     """DDPG hyper-parameters (defaults: RL Zoo's DDPG Pendulum-v1 settings, adapted to torchrl
     as each field says) plus the run fields."""
 
@@ -123,32 +107,28 @@ class Config(BaseConfig):
     log_interval: int = 1000
     """Frames between two loss records (each the mean over the updates since the last)."""
 
+    CHOICES: ClassVar[dict] = {"noise": NOISES}
+    #: settings that differ from the defaults per (backend, task): RL Zoo's where it has them
+    #: (the defaults *are* RL Zoo's DDPG Pendulum-v1 settings; RL Zoo has no dm_control ones)
+    PRESETS: ClassVar[dict] = {
+        ("gymnasium", "pendulum"): dict(frames=20_000),
+    }
+
     def __post_init__(self):
         super().__post_init__()
-        if self.noise not in NOISES:
-            raise UsageError(f"unknown noise {self.noise!r}; valid: {', '.join(NOISES)}")
         if not 0.0 <= self.sigma_end <= self.sigma:
             raise UsageError(f"the noise anneals down: need 0 <= sigma_end <= sigma, got "
                              f"sigma={self.sigma}, sigma_end={self.sigma_end}")
 
 
-#: settings that differ from the defaults per (backend, task): RL Zoo's where it has them (the
-#: defaults *are* RL Zoo's DDPG Pendulum-v1 settings; RL Zoo has no dm_control settings)
-PRESETS: dict[tuple[str, str], dict] = {
-    ("gymnasium", "pendulum"): dict(frames=20_000),
-}
+#: the Config for a task: defaults, then the task's ``PRESETS``, then the overrides
+config_for = Config.for_task
 
 
 #: published returns (RL Zoo) at RL Zoo budgets, checked by ``nox -s learning``
 LEARNING_TARGETS = [
-    LearningTarget("gymnasium", "pendulum", frames=20_000, threshold=-200.0),
+    training.LearningTarget("gymnasium", "pendulum", frames=20_000, threshold=-200.0),
 ]
-
-
-def config_for(backend: str, task: str, **overrides) -> Config:
-    """The Config for ``backend``/``task``: defaults, then the task's preset, then overrides."""
-    return Config(backend=backend, task=task,
-                  **{**PRESETS.get((backend, task), {}), **overrides})
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -168,7 +148,7 @@ def make_env(config: Config):
 
 def make_modules(config: Config, env):
     """Deterministic actor mu(s) (MLP -> tanh -> action bounds) and critic Q(s, a)."""
-    dims = env_dims(env)
+    dims = training.env_dims(env)
     if dims.action_kind != "continuous":
         raise ValueError(f"DDPG needs continuous actions; {config.backend}/{config.task} has "
                          f"{dims.action_kind} ones")
@@ -190,7 +170,7 @@ def make_modules(config: Config, env):
 def make_exploration(config: Config, env, actor):
     """``actor`` followed by the exploration noise (active only under RANDOM exploration, i.e.
     while collecting; ``evaluate`` runs the bare deterministic action)."""
-    dims = env_dims(env)
+    dims = training.env_dims(env)
     device = torch.device(config.device)
     spec = env.full_action_spec_unbatched["action"].to(device)
     half_range = float(((dims.high - dims.low) / 2).mean())
@@ -217,12 +197,9 @@ def make_loss(config: Config, actor, critic):
 # --------------------------------------------------------------------------- training
 
 
-def train(config: Config, progress: Progress | None = None) -> TrainResult:
+def train(config: Config, progress: training.Progress | None = None) -> training.TrainResult:
     """Train DDPG on ``config``: tidy results records plus the trained actor and critic."""
-    torch.manual_seed(config.seed)
-    # closing a torchrl SerialEnv/ParallelEnv (dm_control's batching) raises torch's thread
-    # count to torchrl's import-time value: put the caller's back after each close below
-    device = torch.device(config.device)
+    run = training.Run(ALGORITHM, config, progress)  # seeds torch; times, logs and reports the run
     env = make_env(config)
     actor, critic = make_modules(config, env)
     policy, noise = make_exploration(config, env, actor)
@@ -232,24 +209,17 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
         list(loss_module.actor_network_params.flatten_keys().values()), lr=config.actor_lr)
     critic_optim = torch.optim.Adam(
         list(loss_module.value_network_params.flatten_keys().values()), lr=config.critic_lr)
-    buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=device),
+    buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=run.device),
                           batch_size=config.batch_size)
-
-    budget = collector_frames(config)
     per = config.frames_per_batch
     warmup = -(-min(config.init_random_frames, config.frames // 2) // per) * per
-    sections = Sections(device)
-    collector = Collector(env, TimedPolicy(policy, sections), frames_per_batch=per,
-                          total_frames=budget, init_random_frames=warmup, device=device,
-                          auto_register_policy_transforms=False)
-    log = TrainLog()
-    clock = Clock(device)
-    frames = 0
-    sums, n_updates = {"loss_actor": 0.0, "loss_value": 0.0}, 0  # since the last loss record
-    for frames, batch, _ in collect(collector, sections, log):
+    collector = run.collector(env, policy, init_random_frames=warmup)
+    means = training.LossMeans("loss_actor", "loss_value")  # since the last loss record
 
-        # --- update: warm-up frames only fill the buffer
-        with sections("update"):
+    # --- collect: frames_per_batch frames with exploration noise (random ones in the warm-up)
+    for frames, batch, _ in run.collect(collector):
+        # --- update: warm-up frames only fill the buffer; losses recorded every log_interval
+        with run.sections("update"):
             buffer.extend(batch.select(*TRANSITION_KEYS).reshape(-1))
             if frames > warmup:
                 noise.step(batch.numel())
@@ -263,24 +233,12 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                     critic_optim.step()
                     actor_optim.step()
                     target_updater.step()
-                    for key in sums:
-                        sums[key] = sums[key] + losses[key].detach()
-                    n_updates += 1
-            if n_updates and (frames % config.log_interval < batch.numel() or frames >= budget):
-                for key, value in sums.items():
-                    log.curve(key, float(value) / n_updates, frames)
-                sums, n_updates = dict.fromkeys(sums, 0.0), 0
-        if progress is not None:
-            progress(frames, budget, {"return": log.last("episode_return")})
+                    means.add(losses)
+            if means.steps and (frames % config.log_interval < batch.numel()
+                                or frames >= run.budget):
+                means.record(run.log, frames)
 
-    wall = clock.elapsed()
-    close_run(collector, env)
-    timing_records(log, sections, frames, wall)
-    final_evaluation(log, make_env, config, actor)
-    return TrainResult(log.frame(ALGORITHM, config), {"actor": actor, "critic": critic})
-
-
-def main(argv=None) -> int:
-    from harness.cli import main as cli_main
-
-    return cli_main(["train", ALGORITHM, *(argv or [])])
+    # --- evaluate: the deterministic actor, without noise
+    run.close(collector, env)
+    run.evaluate(make_env, actor)
+    return run.result({"actor": actor, "critic": critic})

@@ -27,44 +27,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tensordict.nn import TensorDictSequential
 from torch import nn
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import PrioritizedSampler, RandomSampler
 from torchrl.envs import StepCounter
 from torchrl.modules import MLP, EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
-from harness import backends
+from harness import backends, training
 from harness.errors import UsageError
-from harness.timing import Sections
-from harness.training import (
-    BaseConfig,
-    Clock,
-    LearningTarget,
-    Progress,
-    TimedPolicy,
-    TrainLog,
-    TrainResult,
-    close_run,
-    collect,
-    collector_frames,
-    env_dims,
-    final_evaluation,
-    timing_records,
-)
 
 ALGORITHM = "dqn"
 
-_TARGET_UPDATES = ("hard", "soft")
-_LOSS_FUNCTIONS = ("l2", "smooth_l1", "l1")
+TARGET_UPDATES = ("hard", "soft")
+LOSS_FUNCTIONS = ("l2", "smooth_l1", "l1")
 
 
 @dataclass(frozen=True)
-class Config(BaseConfig):
+class Config(training.BaseConfig):
     """Double DQN hyper-parameters (defaults: RL Zoo's CartPole-v1 settings, translated to
     torchrl's semantics where they differ) plus the run fields."""
 
@@ -129,14 +113,13 @@ class Config(BaseConfig):
     against frames to ``<csv_log_dir>/dqn-<backend>-<task>-s<seed>-<time>/scalars/*.csv`` as
     training goes; the results records are the same either way."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.target_update not in _TARGET_UPDATES:
-            raise UsageError(f"target_update must be one of {', '.join(_TARGET_UPDATES)}; "
-                             f"got {self.target_update!r}")
-        if self.loss_function not in _LOSS_FUNCTIONS:
-            raise UsageError(f"loss_function must be one of {', '.join(_LOSS_FUNCTIONS)}; "
-                             f"got {self.loss_function!r}")
+    CHOICES: ClassVar[dict] = {"target_update": TARGET_UPDATES, "loss_function": LOSS_FUNCTIONS}
+    #: settings that differ from the defaults per (backend, task): RL Zoo's where it has them
+    PRESETS: ClassVar[dict] = {
+        # RL Zoo dqn.yml CartPole-v1: n_timesteps 5e4 (the rest are the Config defaults);
+        # CartPole-v1 truncates at 500 steps, so longer evaluation episodes cannot happen
+        ("gymnasium", "cartpole"): dict(frames=50_000, max_episode_steps=500),
+    }
 
     @property
     def frames_per_batch(self) -> int:
@@ -144,24 +127,14 @@ class Config(BaseConfig):
         return self.num_envs * self.train_freq
 
 
-#: settings that differ from the defaults per (backend, task): RL Zoo's where it has them
-PRESETS: dict[tuple[str, str], dict] = {
-    # RL Zoo dqn.yml CartPole-v1: n_timesteps 5e4 (the rest are the Config defaults);
-    # CartPole-v1 truncates at 500 steps, so longer evaluation episodes cannot happen
-    ("gymnasium", "cartpole"): dict(frames=50_000, max_episode_steps=500),
-}
+#: the Config for a task: defaults, then the task's ``PRESETS``, then the overrides
+config_for = Config.for_task
 
 
 #: published returns (RL Zoo) at RL Zoo budgets, checked by ``nox -s learning``
 LEARNING_TARGETS = [
-    LearningTarget("gymnasium", "cartpole", frames=50_000, threshold=475.0),
+    training.LearningTarget("gymnasium", "cartpole", frames=50_000, threshold=475.0),
 ]
-
-
-def config_for(backend: str, task: str, **overrides) -> Config:
-    """The Config for ``backend``/``task``: defaults, then the task's preset, then overrides."""
-    return Config(backend=backend, task=task,
-                  **{**PRESETS.get((backend, task), {}), **overrides})
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -188,7 +161,7 @@ def make_csv_logger(config: Config):
 
 def make_modules(config: Config, env):
     """Greedy Q-value actor (MLP -> argmax) and its ε-greedy exploration wrapper."""
-    dims = env_dims(env)
+    dims = training.env_dims(env)
     if dims.action_kind != "discrete":
         raise UsageError(f"dqn needs discrete actions; {config.backend}/{config.task} has "
                          f"{dims.action_kind} ones")
@@ -197,7 +170,7 @@ def make_modules(config: Config, env):
     qnet = MLP(in_features=dims.obs_dim, out_features=dims.action_dim,
                num_cells=list(config.hidden), activation_class=nn.ReLU, device=device)
     actor = QValueActor(qnet, in_keys=["observation"], spec=spec, action_space="categorical")
-    annealing_frames = max(int(config.exploration_fraction * collector_frames(config)), 1)
+    annealing_frames = max(int(config.exploration_fraction * training.collector_frames(config)), 1)
     egreedy = EGreedyModule(spec, eps_init=config.eps_init, eps_end=config.eps_end,
                             annealing_num_steps=annealing_frames, device=device)
     return actor, TensorDictSequential(actor, egreedy)
@@ -208,14 +181,19 @@ def make_loss(config: Config, actor):
     loss = DQNLoss(actor, loss_function=config.loss_function, double_dqn=True,
                    delay_value=True, action_space="categorical")
     loss.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
-    if config.target_update == "hard":
-        # HardUpdate copies when its counter *equals* the interval and only then resets it,
-        # i.e. on every (interval + 1)-th step(): pass interval - 1 to copy every `interval`
-        interval = max(config.target_update_interval - 1, 0)
-        updater = HardUpdate(loss, value_network_update_interval=interval)
-    else:
-        updater = SoftUpdate(loss, tau=config.tau)
-    return loss, updater
+    return loss, make_target_updater(config, loss)
+
+
+def make_target_updater(config, loss):
+    """The target network's updater (``target_update``): hard copies every
+    ``target_update_interval`` gradient steps (``HardUpdate``) or Polyak averaging with ``tau``
+    after every step (``SoftUpdate``). ``reference_impls.recurrent_dqn`` updates its own so."""
+    if config.target_update == "soft":
+        return SoftUpdate(loss, tau=config.tau)
+    # HardUpdate copies when its counter *equals* the interval and only then resets it, i.e. on
+    # every (interval + 1)-th step(): pass interval - 1 to copy every `interval`
+    interval = max(config.target_update_interval - 1, 0)
+    return HardUpdate(loss, value_network_update_interval=interval)
 
 
 def make_buffer(config: Config, loss: DQNLoss):
@@ -237,10 +215,9 @@ def make_buffer(config: Config, loss: DQNLoss):
 # --------------------------------------------------------------------------- training
 
 
-def train(config: Config, progress: Progress | None = None) -> TrainResult:
+def train(config: Config, progress: training.Progress | None = None) -> training.TrainResult:
     """Train Double DQN on ``config``: tidy results records plus the greedy Q-value actor."""
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
+    run = training.Run(ALGORITHM, config, progress)  # seeds torch; times, logs and reports the run
     env = make_env(config)
     actor, explore = make_modules(config, env)
     loss_module, target_updater = make_loss(config, actor)
@@ -249,39 +226,33 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
     egreedy = explore[-1]
     priority_key = loss_module.tensor_keys.priority
     keep = loss_module.in_keys  # what a transition needs: obs, action, next reward/done/obs
-
-    budget = collector_frames(config)
     per = config.frames_per_batch
     warmup = -(-config.init_random_frames // per) * per  # whole batches, as the Collector does
-    sections = Sections(device)
-    collector = Collector(env, TimedPolicy(explore, sections), frames_per_batch=per,
-                          total_frames=budget, init_random_frames=warmup, device=device,
-                          auto_register_policy_transforms=False)
-    log = TrainLog()
     csv_logger = make_csv_logger(config)
-    clock = Clock(device)
-    frames = 0
-    for frames, batch, returns in collect(
-            collector, sections, log, step_counter=config.step_counter):
+    collector = run.collector(env, explore, init_random_frames=warmup)
+
+    # --- collect: train_freq steps per env (uniformly random ones during the warm-up)
+    for frames, batch, returns in run.collect(collector, step_counter=config.step_counter):
         if csv_logger is not None and returns.numel():
-            csv_logger.log_scalar("episode_return", log.last("episode_return"), frames)
+            csv_logger.log_scalar("episode_return", run.log.last("episode_return"), frames)
         if csv_logger is not None and config.step_counter:
-            csv_logger.log_scalar("step_count_max", log.last("step_count_max"), frames)
+            csv_logger.log_scalar("step_count_max", run.log.last("step_count_max"), frames)
 
         # --- update: store the batch, anneal ε (and β), then gradient steps on replayed batches
-        with sections("update"):
+        with run.sections("update"):
             buffer.extend(batch.reshape(-1).select(*keep))
             egreedy.step(batch.numel())
-            log.curve("epsilon", egreedy.eps.item(), frames)
+            run.log.curve("epsilon", egreedy.eps.item(), frames)
             if config.prioritized:
-                buffer.sampler.beta = config.beta + (1.0 - config.beta) * min(frames / budget, 1)
+                buffer.sampler.beta = (config.beta
+                                       + (1.0 - config.beta) * min(frames / run.budget, 1))
             if frames >= warmup:
-                total = torch.zeros((), device=device)
+                means = training.LossMeans("loss")
                 for _ in range(config.gradient_steps):
                     minibatch = buffer.sample()
-                    loss = loss_module(minibatch)["loss"]
+                    losses = loss_module(minibatch)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    losses["loss"].backward()
                     nn.utils.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm)
                     optimizer.step()
                     target_updater.step()
@@ -289,19 +260,10 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
                         # DQNLoss writes the *squared* TD error; PER's priority is |δ|
                         minibatch.set(priority_key, minibatch.get(priority_key).sqrt())
                         buffer.update_tensordict_priority(minibatch)
-                    total += loss.detach()
-                log.curve("loss", float(total) / config.gradient_steps, frames)
-        if progress is not None:
-            progress(frames, budget, {"return": log.last("episode_return")})
+                    means.add(losses)
+                means.record(run.log, frames)
 
-    wall = clock.elapsed()
-    close_run(collector, env)
-    timing_records(log, sections, frames, wall)
-    final_evaluation(log, make_env, config, actor)
-    return TrainResult(log.frame(ALGORITHM, config), {"qvalue": actor})
-
-
-def main(argv=None) -> int:
-    from harness.cli import main as cli_main
-
-    return cli_main(["train", ALGORITHM, *(argv or [])])
+    # --- evaluate: the greedy policy
+    run.close(collector, env)
+    run.evaluate(make_env, actor)
+    return run.result({"qvalue": actor})

@@ -24,37 +24,20 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
-from torchrl.envs import ObservationNorm, StepCounter
+from torchrl.envs import StepCounter
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import ClipPPOLoss, ValueEstimators
 
-from harness import backends
-from harness.errors import UsageError
+from harness import backends, training
 from harness.gae_estimator import use_kernel_gae
-from harness.timing import Sections
-from harness.training import (
-    BaseConfig,
-    Clock,
-    LearningTarget,
-    Progress,
-    TimedPolicy,
-    TrainLog,
-    TrainResult,
-    close_run,
-    collect,
-    collector_frames,
-    env_dims,
-    final_evaluation,
-    timing_records,
-)
 
 ALGORITHM = "ppo"
 ADVANTAGES = ("torchrl", "rlgauge")
@@ -63,7 +46,7 @@ CRITIC_LOSSES = ("l2", "smooth_l1", "l1")
 
 
 @dataclass(frozen=True)
-class Config(BaseConfig):
+class Config(training.BaseConfig):
     """PPO hyper-parameters (defaults: RL Zoo's CartPole-v1 settings) plus the run fields."""
 
     num_envs: int = 8
@@ -118,43 +101,31 @@ class Config(BaseConfig):
     """Append torchrl's ``StepCounter``: ``step_count`` in every tensordict, and the curve
     ``step_count_max`` (longest episode in each batch, the ongoing ones included)."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.advantage not in ADVANTAGES:
-            raise UsageError(f"advantage must be one of {', '.join(ADVANTAGES)}; "
-                             f"got {self.advantage!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise UsageError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; "
-                             f"got {self.lr_schedule!r}")
-        if self.critic_loss not in CRITIC_LOSSES:
-            raise UsageError(f"critic_loss must be one of {', '.join(CRITIC_LOSSES)}; "
-                             f"got {self.critic_loss!r}")
+    CHOICES: ClassVar[dict] = {"advantage": ADVANTAGES, "lr_schedule": LR_SCHEDULES,
+                               "critic_loss": CRITIC_LOSSES}
+    #: settings that differ from the defaults per (backend, task): RL Zoo's where it has them
+    PRESETS: ClassVar[dict] = {
+        # RL Zoo ppo.yml CartPole-v1: n_envs 8, n_steps 32, batch 256, 20 epochs, gamma 0.98,
+        # gae_lambda 0.8, lr lin_1e-3, clip lin_0.2, ent 0 (= the Config defaults)
+        ("gymnasium", "cartpole"): dict(frames=100_000),
+        # RL Zoo ppo.yml Pendulum-v1: n_envs 4, n_steps 1024, batch 64, 10 epochs, gamma 0.9,
+        # gae_lambda 0.95, lr 1e-3, clip 0.2, ent 0 (RL Zoo also uses gSDE and VecNormalize;
+        # not here)
+        ("gymnasium", "pendulum"): dict(frames=200_000, num_envs=4, frames_per_batch=4096,
+                                        minibatch_size=64, num_epochs=10, gamma=0.9, lmbda=0.95,
+                                        lr=1e-3, anneal_lr=False),
+    }
 
 
-#: settings that differ from the defaults per (backend, task): RL Zoo's where it has them
-PRESETS: dict[tuple[str, str], dict] = {
-    # RL Zoo ppo.yml CartPole-v1: n_envs 8, n_steps 32, batch 256, 20 epochs, gamma 0.98,
-    # gae_lambda 0.8, lr lin_1e-3, clip lin_0.2, ent 0 (= the Config defaults)
-    ("gymnasium", "cartpole"): dict(frames=100_000),
-    # RL Zoo ppo.yml Pendulum-v1: n_envs 4, n_steps 1024, batch 64, 10 epochs, gamma 0.9,
-    # gae_lambda 0.95, lr 1e-3, clip 0.2, ent 0 (RL Zoo also uses gSDE and VecNormalize; not here)
-    ("gymnasium", "pendulum"): dict(frames=200_000, num_envs=4, frames_per_batch=4096,
-                                    minibatch_size=64, num_epochs=10, gamma=0.9, lmbda=0.95,
-                                    lr=1e-3, anneal_lr=False),
-}
+#: the Config for a task: defaults, then the task's ``PRESETS``, then the overrides
+config_for = Config.for_task
 
 
 #: published returns (RL Zoo) at RL Zoo budgets, checked by ``nox -s learning``
 LEARNING_TARGETS = [
-    LearningTarget("gymnasium", "cartpole", frames=100_000, threshold=475.0),
-    LearningTarget("gymnasium", "pendulum", frames=200_000, threshold=-200.0),
+    training.LearningTarget("gymnasium", "cartpole", frames=100_000, threshold=475.0),
+    training.LearningTarget("gymnasium", "pendulum", frames=200_000, threshold=-200.0),
 ]
-
-
-def config_for(backend: str, task: str, **overrides) -> Config:
-    """The Config for ``backend``/``task``: defaults, then the task's preset, then overrides."""
-    return Config(backend=backend, task=task,
-                  **{**PRESETS.get((backend, task), {}), **overrides})
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -167,29 +138,16 @@ def make_env(config: Config, obs_stats: tuple[torch.Tensor, torch.Tensor] | None
     and ``StepCounter`` (``step_counter``)."""
     env = backends.make_env(config.backend, config.task, device=config.device,
                             num_envs=config.num_envs, seed=config.seed)
-    if config.obs_norm_steps:
-        loc, scale = obs_stats if obs_stats is not None else (None, None)
-        norm = ObservationNorm(loc=loc, scale=scale, in_keys=["observation"],
-                               standard_normal=True)
-        env = env.append_transform(norm)
-        if obs_stats is None:  # random-action rollouts [num_envs, T, D]: over envs and time
-            norm.init_stats(config.obs_norm_steps, reduce_dim=(0, 1), cat_dim=1)
+    if config.obs_norm_steps:  # one mean and std per component, over envs and time
+        env = training.add_observation_norm(env, "observation", config.obs_norm_steps, obs_stats)
     if config.step_counter:
         env = env.append_transform(StepCounter())
     return env
 
 
-def observation_stats(env) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(loc, scale)`` of the env's ``ObservationNorm``, or None without one."""
-    transform = getattr(env, "transform", None)
-    norms = [m for m in (transform.modules() if transform is not None else ())
-             if isinstance(m, ObservationNorm)]
-    return (norms[0].loc.clone(), norms[0].scale.clone()) if norms else None
-
-
 def make_modules(config: Config, env):
     """Actor (Categorical or TanhNormal policy) and critic V(s), separate MLPs."""
-    dims = env_dims(env)
+    dims = training.env_dims(env)
     act = {"tanh": nn.Tanh, "relu": nn.ReLU}[config.activation]
     device = torch.device(config.device)
     if dims.action_kind == "discrete":
@@ -233,6 +191,9 @@ def make_loss(config: Config, actor, critic):
     return loss
 
 
+# --------------------------------------------------------------------------- schedules
+
+
 def lr_factor(config: Config, step: int, updates_per_batch: int, total_updates: int) -> float:
     """The learning rate's multiplier at gradient step ``step`` (``lr_schedule``)."""
     if not config.anneal_lr or config.lr_schedule == "constant":
@@ -244,14 +205,41 @@ def lr_factor(config: Config, step: int, updates_per_batch: int, total_updates: 
     return 0.5 * (1.0 + math.cos(math.pi * min(step // updates_per_batch, batches) / batches))
 
 
+class Schedules:
+    """PPO's two schedules over the budget, side by side (both off without ``anneal_lr``):
+
+    - ``lr``: the learning rate, torch's ``LambdaLR`` over ``lr_factor`` (``lr_schedule``),
+      stepped after every gradient step (``update_step``);
+    - ``clip(loss_module, frames_done)``: the clip range, set before each batch's update:
+      linear to 0 over the budget (floored at 1e-3 of ``clip_epsilon``) with ``anneal_clip``
+      (RL Zoo's ``lin_0.2``), from the frames collected before the batch.
+
+    ``reference_impls.recurrent_ppo`` anneals with the same two.
+    """
+
+    def __init__(self, config, optimizer, updates_per_batch: int, budget: int):
+        self.config, self.budget = config, budget
+        total_updates = updates_per_batch * (budget // config.frames_per_batch)
+        self.lr = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: lr_factor(config, i, updates_per_batch, total_updates))
+
+    def clip(self, loss_module: ClipPPOLoss, frames_done: int) -> None:
+        anneal = self.config.anneal_lr and self.config.anneal_clip
+        frac = 1.0 - frames_done / self.budget if anneal else 1.0
+        loss_module.clip_epsilon.fill_(self.config.clip_epsilon * max(frac, 1e-3))
+
+
 # --------------------------------------------------------------------------- training
 
+#: the losses recorded (their mean over each batch's gradient steps)
+LOSS_KEYS = ("loss_objective", "loss_critic", "loss_entropy")
 
-def update_step(loss_module, optimizer, scheduler, minibatch, max_grad_norm: float,
-                sums: dict) -> TensorDictBase:
+
+def update_step(loss_module, optimizer, scheduler, minibatch, max_grad_norm: float
+                ) -> TensorDictBase:
     """One clipped-PPO gradient step on ``minibatch`` (objective + critic [+ entropy] losses,
-    gradient-norm clip, optimiser and scheduler steps); adds the detached losses to ``sums``
-    and returns them. ``reference_impls.recurrent_ppo`` takes the same step on chunks."""
+    gradient-norm clip, optimiser and scheduler steps); returns the losses.
+    ``reference_impls.recurrent_ppo`` takes the same step on chunks."""
     losses = loss_module(minibatch)
     loss = losses["loss_objective"] + losses["loss_critic"]
     if "loss_entropy" in losses.keys():
@@ -261,69 +249,40 @@ def update_step(loss_module, optimizer, scheduler, minibatch, max_grad_norm: flo
     nn.utils.clip_grad_norm_(loss_module.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
-    for key in sums:
-        if key in losses.keys():
-            sums[key] += losses[key].detach()
     return losses
 
 
-def train(config: Config, progress: Progress | None = None) -> TrainResult:
+def train(config: Config, progress: training.Progress | None = None) -> training.TrainResult:
     """Train PPO on ``config``: tidy results records plus the trained actor and critic."""
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
+    run = training.Run(ALGORITHM, config, progress)  # seeds torch; times, logs and reports the run
     env = make_env(config)
     actor, critic = make_modules(config, env)
     loss_module = make_loss(config, actor, critic)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
-    updates_per_batch = config.num_epochs * max(config.frames_per_batch // config.minibatch_size,
-                                                1)
-    budget = collector_frames(config)
-    total_updates = updates_per_batch * (budget // config.frames_per_batch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: lr_factor(config, i, updates_per_batch, total_updates))
-    buffer = ReplayBuffer(storage=LazyTensorStorage(config.frames_per_batch, device=device),
+    minibatches = max(config.frames_per_batch // config.minibatch_size, 1)
+    schedules = Schedules(config, optimizer, config.num_epochs * minibatches, run.budget)
+    buffer = ReplayBuffer(storage=LazyTensorStorage(config.frames_per_batch, device=run.device),
                           sampler=SamplerWithoutReplacement(), batch_size=config.minibatch_size)
+    collector = run.collector(env, actor)
 
-    sections = Sections(device)
-    collector = Collector(env, TimedPolicy(actor, sections),
-                          frames_per_batch=config.frames_per_batch, total_frames=budget,
-                          device=device, auto_register_policy_transforms=False)
-    log = TrainLog()
-    clock = Clock(device)
-    frames = 0
-    for frames, batch, _ in collect(collector, sections, log,
-                                    step_counter=config.step_counter):
-
-        # --- update: advantage with the current critic, then minibatch epochs
-        with sections("update"):
-            sums = {"loss_objective": 0.0, "loss_critic": 0.0, "loss_entropy": 0.0}
-            steps = 0
-            anneal_clip = config.anneal_lr and config.anneal_clip
-            frac = 1.0 - (frames - batch.numel()) / budget if anneal_clip else 1.0
-            loss_module.clip_epsilon.fill_(config.clip_epsilon * max(frac, 1e-3))
+    # --- collect: a batch of frames_per_batch frames from the current policy
+    for frames, batch, _ in run.collect(collector, step_counter=config.step_counter):
+        with run.sections("update"):
+            schedules.clip(loss_module, frames - batch.numel())
+            means = training.LossMeans(*LOSS_KEYS)
             for _ in range(config.num_epochs):
+                # --- advantage: GAE with the current critic, before every epoch
                 with torch.no_grad():
                     loss_module.value_estimator(batch)
+                # --- update: the batch in minibatches drawn without replacement
                 buffer.extend(batch.reshape(-1))
-                for _ in range(max(config.frames_per_batch // config.minibatch_size, 1)):
-                    losses = update_step(loss_module, optimizer, scheduler, buffer.sample(),
-                                         config.max_grad_norm, sums)
-                    steps += 1
-            for key, value in sums.items():
-                if key in losses.keys():
-                    log.curve(key, float(value) / steps, frames)
-        if progress is not None:
-            progress(frames, budget, {"return": log.last("episode_return")})
+                for _ in range(minibatches):
+                    means.add(update_step(loss_module, optimizer, schedules.lr, buffer.sample(),
+                                          config.max_grad_norm))
+            means.record(run.log, frames)
 
-    wall = clock.elapsed()
-    stats = observation_stats(env)
-    close_run(collector, env)
-    timing_records(log, sections, frames, wall)
-    final_evaluation(log, functools.partial(make_env, obs_stats=stats), config, actor)
-    return TrainResult(log.frame(ALGORITHM, config), {"actor": actor, "critic": critic})
-
-
-def main(argv=None) -> int:
-    from harness.cli import main as cli_main
-
-    return cli_main(["train", ALGORITHM, *(argv or [])])
+    # --- evaluate: the deterministic policy on envs normalised as in training
+    stats = training.observation_stats(env)
+    run.close(collector, env)
+    run.evaluate(functools.partial(make_env, obs_stats=stats), actor)
+    return run.result({"actor": actor, "critic": critic})

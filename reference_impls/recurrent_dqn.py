@@ -37,41 +37,28 @@ flow through them), no n-step returns, no prioritised sequences, one environment
 memory, the baseline that a memory task must defeat.
 
 Pixels (``pixels=True``; torchrl's tutorial itself, ``harness.recipes``:
-``tutorial-recurrent-dqn``): the gymnasium task is rendered (``render_mode="rgb_array"``,
-gymnasium's ``AddRenderObservation``), the frames go through torchrl's ``ToTensorImage``,
-``GrayScale`` and ``Resize`` (``PixelResize``: the same transform without torchvision), and a
-``ConvNet`` with adaptive average pooling replaces the observation embedding. Rendering needs no
-display: gymnasium's classic-control envs draw ``rgb_array`` frames on an off-screen pygame
-surface; ``SDL_VIDEODRIVER=dummy`` (set here unless already set) only keeps pygame from probing
-for a window system. Also optional, for the tutorial: ``StepCounter`` (``step_counter``),
-``RewardScaling`` (``reward_scale``; returns are recorded in the env's own units),
-``ObservationNorm`` from random-action rollouts (``obs_norm_steps``), soft target updates
-(``target_update``) and a memory-mapped replay storage (``storage``).
+``tutorial-recurrent-dqn``): the gymnasium task is rendered (``harness.pixels``: gymnasium's
+``AddRenderObservation``, then torchrl's ``ToTensorImage``, ``GrayScale`` and ``Resize``), and a
+``ConvNet`` with adaptive average pooling replaces the observation embedding; the final
+evaluation then steps without keeping the trajectory (``harness.training.evaluate_stepwise``).
+Also optional, for the tutorial: ``StepCounter`` (``step_counter``), ``RewardScaling``
+(``reward_scale``; returns are recorded in the env's own units), ``ObservationNorm`` from
+random-action rollouts (``obs_norm_steps``), soft target updates (``target_update``) and a
+memory-mapped replay storage (``storage``).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
-from torchrl.collectors import Collector
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import SliceSampler
-from torchrl.envs import (
-    GrayScale,
-    InitTracker,
-    ObservationNorm,
-    Resize,
-    RewardScaling,
-    StepCounter,
-    ToTensorImage,
-    TransformedEnv,
-)
-from torchrl.envs.transforms.transforms import ObservationTransform
+from torchrl.envs import InitTracker, RewardScaling, StepCounter, TransformedEnv
 from torchrl.modules import (
     MLP,
     ConvNet,
@@ -80,27 +67,11 @@ from torchrl.modules import (
     QValueModule,
     set_recurrent_mode,
 )
-from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
+from torchrl.objectives import DQNLoss, ValueEstimators
 
-from harness import backends
+from harness import backends, pixels, training
 from harness.errors import UsageError
-from harness.timing import Sections
-from harness.training import (
-    BaseConfig,
-    Clock,
-    LearningTarget,
-    Progress,
-    TimedPolicy,
-    TrainLog,
-    TrainResult,
-    add_primers,
-    close_run,
-    collect,
-    collector_frames,
-    env_dims,
-    final_evaluation,
-    timing_records,
-)
+from reference_impls.dqn import TARGET_UPDATES, make_target_updater
 
 ALGORITHM = "recurrent_dqn"
 
@@ -111,12 +82,11 @@ STATE_KEYS = ("recurrent_state_h", "recurrent_state_c")
 TRANSITION_KEYS = ("observation", "action", "is_init", *STATE_KEYS, TRAJ_KEY,
                    *[("next", k) for k in ("observation", "reward", "done", "terminated",
                                            "truncated", "is_init", *STATE_KEYS)])
-TARGET_UPDATES = ("hard", "soft")
 STORAGES = ("memory", "memmap")
 
 
 @dataclass(frozen=True)
-class Config(BaseConfig):
+class Config(training.BaseConfig):
     """Recurrent DQN hyper-parameters plus the run fields. Defaults: RL Zoo's DQN CartPole-v1
     (``hyperparams/dqn.yml``: buffer 1e5, 1000 learning starts, gamma 0.99, epsilon 1 -> 0.04
     over 16% of the budget, target network synchronised once per 128-gradient-step round) with
@@ -206,14 +176,16 @@ class Config(BaseConfig):
     from this many random-action frames before training (``init_stats``, not counted in the
     budget); evaluation reuses them. 0: no normalisation."""
 
+    CHOICES: ClassVar[dict] = {"target_update": TARGET_UPDATES, "storage": STORAGES}
+    #: settings that differ from the defaults per (backend, task); CartPole-v1 episodes end at
+    #: 500 steps, so its evaluation rollouts need no more
+    PRESETS: ClassVar[dict] = {
+        # the target's budget (RL Zoo's DQN CartPole-v1 needs 5e4 steps with velocities)
+        ("gymnasium", "cartpole-novel"): dict(frames=200_000, max_episode_steps=500),
+    }
+
     def __post_init__(self):
         super().__post_init__()
-        if self.target_update not in TARGET_UPDATES:
-            raise UsageError(f"target_update must be one of {', '.join(TARGET_UPDATES)}; "
-                             f"got {self.target_update!r}")
-        if self.storage not in STORAGES:
-            raise UsageError(f"storage must be one of {', '.join(STORAGES)}; "
-                             f"got {self.storage!r}")
         if self.reward_scale <= 0:
             raise UsageError(f"reward_scale must be > 0, got {self.reward_scale}")
         if not len(self.conv_cells) == len(self.conv_kernels) == len(self.conv_strides):
@@ -227,26 +199,16 @@ class Config(BaseConfig):
         return "pixels" if self.pixels else "observation"
 
 
-#: settings that differ from the defaults per (backend, task); CartPole-v1 episodes end at 500
-#: steps, so its evaluation rollouts need no more
-PRESETS: dict[tuple[str, str], dict] = {
-    # the target's budget (RL Zoo's DQN CartPole-v1 needs 5e4 steps with velocities)
-    ("gymnasium", "cartpole-novel"): dict(frames=200_000, max_episode_steps=500),
-}
+#: the Config for a task: defaults, then the task's ``PRESETS``, then the overrides
+config_for = Config.for_task
 
 
 #: no published DQN-LSTM figure on CartPole without velocities: an aim, checked by
 #: ``nox -s learning`` like the published ones
 LEARNING_TARGETS = [
-    LearningTarget("gymnasium", "cartpole-novel", frames=200_000, threshold=475.0,
-                   source="aim (no published DQN-LSTM figure)"),
+    training.LearningTarget("gymnasium", "cartpole-novel", frames=200_000, threshold=475.0,
+                            source="aim (no published DQN-LSTM figure)"),
 ]
-
-
-def config_for(backend: str, task: str, **overrides) -> Config:
-    """The Config for ``backend``/``task``: defaults, then the task's preset, then overrides."""
-    return Config(backend=backend, task=task,
-                  **{**PRESETS.get((backend, task), {}), **overrides})
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -254,13 +216,15 @@ def config_for(backend: str, task: str, **overrides) -> Config:
 
 def make_env(config: Config, obs_stats: tuple[torch.Tensor, torch.Tensor] | None = None, *,
              scale_rewards: bool = True):
-    """The task from ``harness.backends`` (``pixels``: rendered, ``make_pixel_env``) with
-    episode starts (``InitTracker``) tracked; ``add_primers`` adds the recurrent states of a
-    policy's LSTM. Optional, in the tutorial's order: ``StepCounter`` before the
+    """The task from ``harness.backends`` (``pixels``: rendered, ``harness.pixels``) with
+    episode starts (``InitTracker``) tracked; ``training.add_primers`` adds the recurrent
+    states of a policy's LSTM. Optional, in the tutorial's order: ``StepCounter`` before the
     ``InitTracker``, ``RewardScaling`` (unless ``scale_rewards`` is False: evaluation) and
     ``ObservationNorm`` after it (``obs_stats``: the ``(loc, scale)`` of a training env)."""
     if config.pixels:
-        env = make_pixel_env(config)
+        env = pixels.make_env(config.backend, config.task, device=config.device,
+                              num_envs=config.num_envs, seed=config.seed,
+                              size=config.pixel_size)
     else:
         env = backends.make_env(config.backend, config.task, device=config.device,
                                 num_envs=config.num_envs, seed=config.seed)
@@ -273,114 +237,9 @@ def make_env(config: Config, obs_stats: tuple[torch.Tensor, torch.Tensor] | None
     if config.obs_norm_steps:
         # random-action rollouts are [num_envs, T, *entry]: one mean and std over all dims
         rollout_dims = 2 + len(env.observation_spec_unbatched[config.input_key].shape)
-        loc, scale = obs_stats if obs_stats is not None else (None, None)
-        norm = ObservationNorm(loc=loc, scale=scale, in_keys=[config.input_key],
-                               standard_normal=True)
-        env.append_transform(norm)
-        if obs_stats is None:
-            norm.init_stats(config.obs_norm_steps, reduce_dim=tuple(range(rollout_dims)),
-                            cat_dim=1)
+        env = training.add_observation_norm(env, config.input_key, config.obs_norm_steps,
+                                            obs_stats, reduce_dim=tuple(range(rollout_dims)))
     return env
-
-
-class PixelResize(Resize):
-    """torchrl's ``Resize`` computed by torch's antialiased bilinear interpolation -- what
-    torchvision's ``resize`` runs on a float image tensor -- so that it needs no torchvision:
-    torchrl's own ``Resize`` imports it, and the registry's torchvision wheel is a CUDA build
-    whose operators do not load with the pinned CPU torch (``operator torchvision::nms does
-    not exist``); the CPU build is on PyTorch's own index only."""
-
-    def __init__(self, w: int, h: int | None = None, in_keys=("pixels",)):
-        ObservationTransform.__init__(self, in_keys=list(in_keys), out_keys=list(in_keys))
-        self.w, self.h = int(w), int(w if h is None else h)
-        self.interpolation = "bilinear"
-
-    def _apply_transform(self, observation: torch.Tensor) -> torch.Tensor:
-        if observation.shape[-2:] == torch.Size([self.w, self.h]):
-            return observation
-        lead = observation.shape[:-3]
-        out = nn.functional.interpolate(observation.reshape(-1, *observation.shape[-3:]),
-                                        size=[self.w, self.h], mode="bilinear",
-                                        align_corners=False, antialias=True)
-        return out.reshape(*lead, *out.shape[-3:])
-
-
-def _rendering_env(task_id: str):
-    """One gymnasium env whose observation is ``{"observation": state, "pixels": frame}``."""
-    import gymnasium as gym
-
-    env = gym.make(task_id, render_mode="rgb_array", disable_env_checker=True)
-    return gym.wrappers.AddRenderObservation(env, render_only=False, render_key="pixels",
-                                             obs_key="observation")
-
-
-def make_pixel_env(config: Config):
-    """The gymnasium task rendered to frames, batched like ``harness.backends`` batches it (one
-    ``SyncVectorEnv``, partial resets), then ``ToTensorImage`` -> ``GrayScale`` ->
-    ``Resize(pixel_size, pixel_size)``."""
-    if config.backend != "gymnasium":
-        raise UsageError(f"pixels=True renders gymnasium tasks only; got backend "
-                         f"{config.backend!r}")
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # no window system: pygame off-screen
-    import gymnasium as gym
-    from torchrl.envs import GymWrapper
-
-    task = backends.get_task(config.backend, config.task)
-    vec = gym.vector.SyncVectorEnv([functools.partial(_rendering_env, task.id)] * config.num_envs,
-                                   autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    env = GymWrapper(vec, categorical_action_encoding=True, device="cpu")
-    env.set_seed(config.seed)
-    # the simulator's data crosses to the device once, as in harness.backends; the frames are
-    # converted, grayed and resized there
-    env = backends.to_device(env, config.device)
-    return TransformedEnv(env, ToTensorImage(in_keys=["pixels"]))\
-        .append_transform(GrayScale(in_keys=["pixels"]))\
-        .append_transform(PixelResize(config.pixel_size, config.pixel_size))
-
-
-def observation_stats(env) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(loc, scale)`` of the env's ``ObservationNorm``, or None without one."""
-    norms = [m for m in env.transform.modules() if isinstance(m, ObservationNorm)]
-    return (norms[0].loc.clone(), norms[0].scale.clone()) if norms else None
-
-
-def pixel_evaluation(log: TrainLog, make_env, config: Config, policy) -> None:
-    """``final_return`` of a pixel run, as ``harness.training.final_evaluation`` measures it
-    (``eval_episodes`` greedy episodes, one per env of a batch seeded apart from training, each
-    cut at ``max_episode_steps``) but stepping without keeping the trajectory, and stopping
-    when every episode has ended. ``final_evaluation`` keeps the whole rollout: with rendered
-    frames glibc's heap then fragments around the ~4 MB of per-step temporaries (the RGB frame
-    and its float copy), and RSS grew by 1.75 MB per step -- a 5-env x 500-step evaluation
-    took 3.8 GB."""
-    from torchrl.envs.utils import ExplorationType, set_exploration_type
-
-    if config.eval_episodes <= 0:
-        return
-    threads = torch.get_num_threads()
-    returns: list[float] = []
-    env = make_env(config.replace(seed=config.seed + 10_000,
-                                  num_envs=min(config.eval_episodes, 16)))
-    add_primers(env, policy)
-    try:
-        n = env.batch_size.numel()
-        with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
-            while len(returns) < config.eval_episodes:
-                td = env.reset()
-                total = torch.zeros(n, dtype=torch.float64, device=env.device)
-                steps = torch.zeros(n, dtype=torch.long, device=env.device)
-                ended = torch.zeros(n, dtype=torch.bool, device=env.device)
-                while not ended.all():
-                    step, td = env.step_and_maybe_reset(policy(td))
-                    live = ~ended
-                    total += step["next", "reward"].reshape(n).double() * live
-                    steps += live.long()
-                    ended |= step["next", "done"].reshape(n) | (steps >= config.max_episode_steps)
-                returns.extend(total.tolist())
-    finally:
-        env.close()
-        torch.set_num_threads(threads)
-    log.scalar("final_return", sum(returns[:config.eval_episodes]) / config.eval_episodes,
-               "return")
 
 
 def transition_keys(config: Config) -> tuple:
@@ -399,7 +258,7 @@ def make_modules(config: Config, env):
     whose LSTM writes its output states to scratch keys so that the stored
     ``("next", "recurrent_state_*")`` survive for the next-step Q-values (module docstring).
     """
-    dims = env_dims(env)
+    dims = training.env_dims(env)
     if dims.action_kind != "discrete":
         raise ValueError(f"{ALGORITHM} needs discrete actions; {config.task} has "
                          f"{dims.action_kind} actions")
@@ -445,16 +304,6 @@ def make_loss(config: Config, loss_qnet, env):
     return loss
 
 
-def make_target_updater(config: Config, loss_module):
-    """The target network's updater: hard copies every ``target_update_interval`` gradient
-    steps (``HardUpdate`` copies on every (interval + 1)-th ``step()``: it is given the
-    interval - 1, as ``reference_impls.dqn`` does), or soft updates."""
-    if config.target_update == "soft":
-        return SoftUpdate(loss_module, tau=config.tau)
-    interval = max(config.target_update_interval - 1, 0)
-    return HardUpdate(loss_module, value_network_update_interval=interval)
-
-
 def make_buffer(config: Config):
     """Sequence replay: padded, masked slices of ``slice_len`` steps within one trajectory, in
     memory on the device or memory-mapped (``storage``)."""
@@ -494,74 +343,53 @@ def to_sequences(sample, slice_len: int):
 # --------------------------------------------------------------------------- training
 
 
-def train(config: Config, progress: Progress | None = None) -> TrainResult:
+def train(config: Config, progress: training.Progress | None = None) -> training.TrainResult:
     """Train recurrent DQN on ``config``: tidy results records plus the trained Q-network."""
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
+    run = training.Run(ALGORITHM, config, progress)  # seeds torch; times, logs and reports the run
     env = make_env(config)
     qnet, loss_qnet = make_modules(config, env)
-    add_primers(env, qnet)
+    training.add_primers(env, qnet)
     loss_module = make_loss(config, loss_qnet, env)
     target_updater = make_target_updater(config, loss_module)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
     buffer = make_buffer(config)
     keep = transition_keys(config)
-    budget = collector_frames(config)
-    exploration = EGreedyModule(env.action_spec_unbatched.to(device), eps_init=config.eps_init,
-                           eps_end=config.eps_end,
-                           annealing_num_steps=max(int(config.exploration_fraction * budget), 1))
+    exploration = EGreedyModule(
+        env.action_spec_unbatched.to(run.device), eps_init=config.eps_init,
+        eps_end=config.eps_end,
+        annealing_num_steps=max(int(config.exploration_fraction * run.budget), 1))
     policy = TensorDictSequential(qnet, exploration)
+    collector = run.collector(env, policy)
 
-    sections = Sections(device)
-    collector = Collector(env, TimedPolicy(policy, sections),
-                          frames_per_batch=config.frames_per_batch, total_frames=budget,
-                          device=device, auto_register_policy_transforms=False)
-    log = TrainLog()
-    clock = Clock(device)
-    frames = 0
-    for frames, batch, _ in collect(
-            collector, sections, log, step_counter=config.step_counter,
-            return_scale=config.reward_scale):
+    # --- collect: frames_per_batch frames, ε-greedy, the LSTM's state stored at every step
+    for frames, batch, _ in run.collect(collector, step_counter=config.step_counter,
+                                        return_scale=config.reward_scale):
         exploration.step(batch.numel())
 
         # --- update: slices of stored sequences, the LSTM unrolled over each
-        with sections("update"):
+        with run.sections("update"):
             # [num_envs, T] -> one env's steps after the other: each episode piece contiguous
             buffer.extend(batch.select(*keep, strict=False).reshape(-1))
-            n_updates = config.updates_per_batch if frames >= config.learning_starts else 0
-            total = 0.0
-            for _ in range(n_updates):
-                sample = to_sequences(buffer.sample().to(device), config.slice_len)
+            means = training.LossMeans("loss")
+            for _ in range(config.updates_per_batch if frames >= config.learning_starts else 0):
+                sample = to_sequences(buffer.sample().to(run.device), config.slice_len)
                 if config.burn_in:  # a slice that starts mid-episode starts from a stale state
                     mask = sample["collector", "mask"].clone()
                     mask[:, :config.burn_in] &= sample["is_init"][:, :1, 0]
                     sample.set(("collector", "mask"), mask)
                 with set_recurrent_mode(True):
-                    loss = loss_module(sample)["loss"]
+                    losses = loss_module(sample)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                losses["loss"].backward()
                 nn.utils.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm)
                 optimizer.step()
                 target_updater.step()
-                total += loss.detach()
-            if n_updates:
-                log.curve("loss", float(total) / n_updates, frames)
-        if progress is not None:
-            progress(frames, budget, {"return": log.last("episode_return")})
+                means.add(losses)
+            means.record(run.log, frames)
 
-    wall = clock.elapsed()
-    stats = observation_stats(env)
-    close_run(collector, env)
-    timing_records(log, sections, frames, wall)
-    eval_env = functools.partial(make_env, obs_stats=stats, scale_rewards=False)
-    if config.pixels:
-        pixel_evaluation(log, eval_env, config, qnet)
-    else:
-        final_evaluation(log, eval_env, config, qnet, prepare=lambda e: add_primers(e, qnet))
-    return TrainResult(log.frame(ALGORITHM, config), {"qvalue": qnet})
-
-
-def main(argv=None) -> int:
-    from harness.cli import main as cli_main
-
-    return cli_main(["train", ALGORITHM, *(argv or [])])
+    # --- evaluate: the greedy policy, rewards unscaled, observations normalised as in training
+    stats = training.observation_stats(env)
+    run.close(collector, env)
+    run.evaluate(functools.partial(make_env, obs_stats=stats, scale_rewards=False), qnet,
+                 prepare=lambda e: training.add_primers(e, qnet), stepwise=config.pixels)
+    return run.result({"qvalue": qnet})

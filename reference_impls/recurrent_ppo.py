@@ -24,6 +24,8 @@ Sequences, end to end:
   drawn without replacement; each chunk starts from the recurrent state stored at its first step
   (the "stored state" of Kapturowski et al., 2019, as ``RecurrentPPO`` does).
 
+The learning rate and the clip range anneal as ``reference_impls.ppo``'s do (``Schedules``:
+``anneal_lr``, ``lr_schedule``, ``anneal_clip``; RL Zoo's linear ``lin_`` schedules by default).
 Observations are normalised by running statistics (``ObsNorm``, as RL Zoo's ``VecNormalize``
 with ``norm_obs=True, norm_reward=False``). Simplified relative to ``RecurrentPPO``: PyTorch's
 initialisation (``ortho_init`` for Stable-Baselines3's on the heads, off in RL Zoo's
@@ -35,11 +37,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
 from torch import nn
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
 from torchrl.envs import InitTracker, TransformedEnv, VecNormV2
@@ -53,31 +55,14 @@ from torchrl.modules import (
 )
 from torchrl.objectives import ClipPPOLoss, ValueEstimators
 
-from harness import backends
-from harness.timing import Sections
-from harness.training import (
-    BaseConfig,
-    Clock,
-    LearningTarget,
-    Progress,
-    TimedPolicy,
-    TrainLog,
-    TrainResult,
-    add_primers,
-    close_run,
-    collect,
-    collector_frames,
-    env_dims,
-    final_evaluation,
-    timing_records,
-)
-from reference_impls.ppo import update_step
+from harness import backends, training
+from reference_impls.ppo import LOSS_KEYS, LR_SCHEDULES, Schedules, update_step
 
 ALGORITHM = "recurrent_ppo"
 
 
 @dataclass(frozen=True)
-class Config(BaseConfig):
+class Config(training.BaseConfig):
     """Recurrent PPO hyper-parameters (defaults: RL Zoo's RecurrentPPO CartPoleNoVel-v1
     settings, ``hyperparams/ppo_lstm.yml``, and ``MlpLstmPolicy``'s defaults) plus the run
     fields."""
@@ -96,7 +81,13 @@ class Config(BaseConfig):
     lr: float = 1e-3
     """Adam learning rate (annealed linearly to 0 when ``anneal_lr``)."""
     anneal_lr: bool = True
-    """Anneal the learning rate (and the clip range) linearly to 0 over the budget."""
+    """Anneal the learning rate (shape: ``lr_schedule``) and, with ``anneal_clip``, the clip
+    range (linearly) to 0 over the budget; False keeps both constant (``ppo.Schedules``)."""
+    lr_schedule: str = "linear"
+    """Shape of the learning-rate annealing, as ``reference_impls.ppo``'s: ``linear`` to 0 per
+    gradient step (RL Zoo), ``cosine`` to 0 stepped once per collected batch, or ``constant``."""
+    anneal_clip: bool = True
+    """With ``anneal_lr``: anneal the clip range linearly to 0 too (RL Zoo's ``lin_0.2``)."""
     advantage_every_epoch: bool = False
     """Recompute GAE with the current critic before every epoch (``reference_impls.ppo``), not
     once per batch (``RecurrentPPO``)."""
@@ -136,24 +127,22 @@ class Config(BaseConfig):
     max_episode_steps: int = 1000
     """Step cap of one evaluation episode."""
 
+    CHOICES: ClassVar[dict] = {"lr_schedule": LR_SCHEDULES}
+    #: settings that differ from the defaults per (backend, task): RL Zoo's where it has them;
+    #: CartPole-v1 episodes end at 500 steps, so its evaluation rollouts need no more
+    PRESETS: ClassVar[dict] = {
+        ("gymnasium", "cartpole-novel"): dict(frames=100_000, max_episode_steps=500),
+    }
 
-#: settings that differ from the defaults per (backend, task): RL Zoo's where it has them;
-#: CartPole-v1 episodes end at 500 steps, so its evaluation rollouts need no more
-PRESETS: dict[tuple[str, str], dict] = {
-    ("gymnasium", "cartpole-novel"): dict(frames=100_000, max_episode_steps=500),
-}
+
+#: the Config for a task: defaults, then the task's ``PRESETS``, then the overrides
+config_for = Config.for_task
 
 
 #: published returns (RL Zoo's RecurrentPPO on CartPoleNoVel-v1) at RL Zoo budgets
 LEARNING_TARGETS = [
-    LearningTarget("gymnasium", "cartpole-novel", frames=100_000, threshold=475.0),
+    training.LearningTarget("gymnasium", "cartpole-novel", frames=100_000, threshold=475.0),
 ]
-
-
-def config_for(backend: str, task: str, **overrides) -> Config:
-    """The Config for ``backend``/``task``: defaults, then the task's preset, then overrides."""
-    return Config(backend=backend, task=task,
-                  **{**PRESETS.get((backend, task), {}), **overrides})
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -162,8 +151,8 @@ def config_for(backend: str, task: str, **overrides) -> Config:
 def make_env(config: Config, obs_norm: VecNormV2 | None = None):
     """The task from ``harness.backends`` with episode starts (``InitTracker``) tracked and,
     when ``normalize_obs``, observations normalised: by running statistics of its own, or by a
-    frozen copy of ``obs_norm``'s (evaluation). ``add_primers`` adds the recurrent states of a
-    policy's LSTMs."""
+    frozen copy of ``obs_norm``'s (evaluation). ``training.add_primers`` adds the recurrent
+    states of a policy's LSTMs."""
     env = backends.make_env(config.backend, config.task, device=config.device,
                             num_envs=config.num_envs, seed=config.seed)
     env = TransformedEnv(env, InitTracker())
@@ -219,7 +208,7 @@ def make_modules(config: Config, env):
     actor's when ``shared_lstm``) -> MLP -> V. The collecting policy is the actor followed by
     the critic's LSTM (without its head), so that the critic's states are stored too.
     """
-    dims = env_dims(env)
+    dims = training.env_dims(env)
     act = {"tanh": nn.Tanh, "relu": nn.ReLU}[config.activation]
     device = torch.device(config.device)
     actor_lstm = _lstm(config, dims.obs_dim, "actor")
@@ -274,14 +263,13 @@ def make_loss(config: Config, actor, critic):
 # --------------------------------------------------------------------------- training
 
 
-def train(config: Config, progress: Progress | None = None) -> TrainResult:
+def train(config: Config, progress: training.Progress | None = None) -> training.TrainResult:
     """Train recurrent PPO on ``config``: tidy results records plus the trained actor and
     critic."""
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
+    run = training.Run(ALGORITHM, config, progress)  # seeds torch; times, logs and reports the run
     env = make_env(config)
     actor, critic, policy = make_modules(config, env)
-    add_primers(env, policy)
+    training.add_primers(env, policy)
     loss_module = make_loss(config, actor, critic)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr, eps=config.adam_eps)
 
@@ -293,54 +281,32 @@ def train(config: Config, progress: Progress | None = None) -> TrainResult:
     num_chunks = config.frames_per_batch // chunk_len
     chunks_per_minibatch = min(max(config.minibatch_size // chunk_len, 1), num_chunks)
     minibatches = num_chunks // chunks_per_minibatch
-    budget = collector_frames(config)
-    total_updates = config.num_epochs * minibatches * (budget // config.frames_per_batch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: max(1.0 - i / total_updates, 0.0) if config.anneal_lr else 1.0)
+    schedules = Schedules(config, optimizer, config.num_epochs * minibatches, run.budget)
     # one buffer element = one chunk of consecutive steps
-    buffer = ReplayBuffer(storage=LazyTensorStorage(num_chunks, device=device),
+    buffer = ReplayBuffer(storage=LazyTensorStorage(num_chunks, device=run.device),
                           sampler=SamplerWithoutReplacement(), batch_size=chunks_per_minibatch)
+    collector = run.collector(env, policy)
 
-    sections = Sections(device)
-    collector = Collector(env, TimedPolicy(policy, sections),
-                          frames_per_batch=config.frames_per_batch, total_frames=budget,
-                          device=device, auto_register_policy_transforms=False)
-    log = TrainLog()
-    clock = Clock(device)
-    frames = 0
-    for frames, batch, _ in collect(collector, sections, log):
-
-        # --- update: advantage over the [num_envs, T] rows, then minibatches of chunks
-        with sections("update"), set_recurrent_mode(True):
-            sums = {"loss_objective": 0.0, "loss_critic": 0.0, "loss_entropy": 0.0}
-            n = 0
-            frac = 1.0 - (frames - batch.numel()) / budget if config.anneal_lr else 1.0
-            loss_module.clip_epsilon.fill_(config.clip_epsilon * max(frac, 1e-3))
+    # --- collect: a [num_envs, T] batch, the recurrent states of every step stored in it
+    for frames, batch, _ in run.collect(collector):
+        with run.sections("update"), set_recurrent_mode(True):
+            schedules.clip(loss_module, frames - batch.numel())
+            means = training.LossMeans(*LOSS_KEYS)
             for epoch in range(config.num_epochs):
+                # --- advantage: GAE over each env's row, once per batch (or every epoch)
                 if epoch == 0 or config.advantage_every_epoch:
                     with torch.no_grad():
                         loss_module.value_estimator(batch)
+                # --- update: minibatches of chunks drawn without replacement
                 buffer.extend(batch.reshape(num_chunks, chunk_len))
                 for _ in range(minibatches):
-                    losses = update_step(loss_module, optimizer, scheduler, buffer.sample(),
-                                         config.max_grad_norm, sums)
-                    n += 1
-            for key, value in sums.items():
-                if key in losses.keys():
-                    log.curve(key, float(value) / n, frames)
-        if progress is not None:
-            progress(frames, budget, {"return": log.last("episode_return")})
+                    means.add(update_step(loss_module, optimizer, schedules.lr, buffer.sample(),
+                                          config.max_grad_norm))
+            means.record(run.log, frames)
 
-    wall = clock.elapsed()
-    close_run(collector, env)
-    timing_records(log, sections, frames, wall)
+    # --- evaluate: the deterministic policy, observations normalised by the frozen statistics
+    run.close(collector, env)
     obs_norm = _obs_norm(env)
-    final_evaluation(log, lambda c: make_env(c, obs_norm), config, actor,
-                     prepare=lambda e: add_primers(e, actor))
-    return TrainResult(log.frame(ALGORITHM, config), {"actor": actor, "critic": critic})
-
-
-def main(argv=None) -> int:
-    from harness.cli import main as cli_main
-
-    return cli_main(["train", ALGORITHM, *(argv or [])])
+    run.evaluate(lambda c: make_env(c, obs_norm), actor,
+                 prepare=lambda e: training.add_primers(e, actor))
+    return run.result({"actor": actor, "critic": critic})

@@ -23,8 +23,8 @@ from torchrl.envs import (
 )
 from torchrl.envs.utils import check_env_specs
 
-from harness import learning, matrix, recipes, results, runs
-from harness.training import add_primers
+from harness import learning, matrix, pixels, recipes, results, runs
+from harness.training import add_primers, observation_stats
 
 NAMES = ["tutorial-ppo", "tutorial-recurrent-dqn", "tutorial-dqn", "tutorial-ddpg"]
 
@@ -138,7 +138,7 @@ def test_tutorial_ppo_env_and_policy_keep_the_tutorials_keys_and_specs(tmp_path)
         assert data["action"].abs().max() <= 1.0  # TanhNormal inside the action bounds
         assert "state_value" in critic(data).keys()
         # the normalised observation of the random-rollout distribution is standardised
-        stats = module.observation_stats(env)
+        stats = observation_stats(env)
         assert torch.equal(stats[0], norm.loc) and torch.equal(stats[1], norm.scale)
     finally:
         env.close()
@@ -150,9 +150,9 @@ def test_tutorial_recurrent_dqn_renders_pixels_headless_with_the_tutorials_chain
     env = module.make_env(config)
     try:
         chain = _transforms(env)
-        assert chain == [ToTensorImage, GrayScale, module.PixelResize, StepCounter, InitTracker,
+        assert chain == [ToTensorImage, GrayScale, pixels.PixelResize, StepCounter, InitTracker,
                          RewardScaling, ObservationNorm]
-        assert issubclass(module.PixelResize, Resize)
+        assert issubclass(pixels.PixelResize, Resize)
         assert env.transform[5].scale == pytest.approx(0.1)
         norm = env.transform[6]
         assert norm.loc.ndim == 0 and float(norm.scale) > 0  # one mean and std over all pixels
@@ -176,7 +176,7 @@ def test_tutorial_recurrent_dqn_renders_pixels_headless_with_the_tutorials_chain
 
 
 def test_pixel_resize_is_antialiased_bilinear_without_torchvision():
-    from reference_impls.recurrent_dqn import PixelResize
+    from harness.pixels import PixelResize
 
     resize = PixelResize(84, 84)
     frames = torch.rand(2, 3, 1, 400, 600)

@@ -145,7 +145,7 @@ def test_recurrent_dqn_hard_target_copies_every_interval_gradient_steps():
 
 def _collect(module, config, policy, frames):
     env = module.make_env(config)
-    module.add_primers(env, policy)
+    add_primers(env, policy)
     collector = Collector(env, policy, frames_per_batch=frames, total_frames=frames,
                           auto_register_policy_transforms=False)
     batch = next(iter(collector))
@@ -275,7 +275,7 @@ def test_recurrent_ppo_continuous_actor_finds_the_optimum(device, learn_seed, ma
                                   lr=5e-3, anneal_lr=False, lstm_hidden=16, hidden=(16,),
                                   eval_episodes=0, device=str(device), seed=learn_seed)
     run = recurrent_ppo.train(config)
-    env = recurrent_ppo.add_primers(recurrent_ppo.make_env(config), run.modules["actor"])
+    env = add_primers(recurrent_ppo.make_env(config), run.modules["actor"])
     with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
         action = env.rollout(1, run.modules["actor"])["action"]
     # reward -(a - a*)^2 with a* = 0.3: the deterministic action must sit within 0.1 of a*
@@ -329,3 +329,22 @@ def test_recurrent_ppo_env_building_warns_nothing(recwarn):
     finally:
         env.close()
     assert not [str(w.message) for w in recwarn if "experimental" in str(w.message)]
+
+
+@pytest.mark.parametrize("anneal_clip", [True, False])
+def test_recurrent_ppo_anneals_its_clip_range_as_ppo_does(anneal_clip):
+    """recurrent_ppo's schedules are PPO's (``ppo.Schedules``) and honour ``anneal_clip``: the
+    clip range falls linearly over the budget with it, stays at ``clip_epsilon`` without it.
+    Fails if recurrent_ppo anneals on its own again (it ignored ``anneal_clip`` before)."""
+    config = recurrent_ppo.Config(**{**PPO_PROBE, "anneal_lr": True, "anneal_clip": anneal_clip,
+                                     "lstm_hidden": 8, "hidden": (8,)})
+    env = recurrent_ppo.make_env(config)
+    actor, critic, _ = recurrent_ppo.make_modules(config, env)
+    env.close()
+    loss = recurrent_ppo.make_loss(config, actor, critic)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=config.lr)
+    schedules = ppo.Schedules(config, optimizer, 6, config.frames)
+    for done, frac in ((0, 1.0), (config.frames // 2, 0.5), (config.frames - 96, 96 / 1920)):
+        schedules.clip(loss, done)
+        want = config.clip_epsilon * (frac if anneal_clip else 1.0)
+        assert loss.clip_epsilon.item() == pytest.approx(want), (done, anneal_clip)

@@ -132,19 +132,20 @@ def test_results_crash_mid_write_leaves_previous_file_intact(tmp_path):
         import os
         from harness import results
         frame = results.make_records([{{"metric": "m", "value": float(i)}} for i in range(5000)])
-        real_write = None
-        import io
-        orig = os.fdopen
-        def dying_fdopen(*a, **k):
-            f = orig(*a, **k)
+        import builtins
+        orig = builtins.open
+        def dying_open(file, mode="r", *a, **k):
+            f = orig(file, mode, *a, **k)
+            if "w" not in mode or not os.path.basename(str(file)).startswith(".run.csv."):
+                return f
             w = f.write
-            def write(text):
-                w(text[: len(text) // 2])
+            def write(data):
+                w(data[: len(data) // 2])
                 f.flush()
                 os._exit(9)  # die with half the bytes in the temp file
             f.write = write
             return f
-        os.fdopen = dying_fdopen
+        builtins.open = dying_open
         results.save(frame, {str(path)!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
