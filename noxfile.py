@@ -102,7 +102,7 @@ def install(session: nox.Session, *extras: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Fast test suite (slow learning tests excluded); `-- ARGS` replaces the pytest args."""
-    install(session, "test")
+    install(session, "test", "peers")
     args = session.posargs or ["-m", "not slow", "--benchmark-disable", "-q"]
     session.run("pytest", *args)
 

@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--quick", action="store_true",
                    help="small budgets and one task per backend: throughput and time split, "
                         "not learning")
+    m.add_argument("--impls", default="rlgauge",
+                   help="comma-separated implementations: rlgauge, sb3 (Stable-Baselines3 on "
+                        "the same cells where it has the algorithm; default: rlgauge)")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="Config override for every cell, e.g. --set lr=3e-4")
     m.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -152,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
                                                  "algorithm's)")
     r.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: comparable, reproducible timings)")
+    r.add_argument("--impl", default="rlgauge",
+                   help="whose implementation: rlgauge (default) or sb3 (Stable-Baselines3 / "
+                        "sb3-contrib with the same settings; harness/peers.py)")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a Config field, e.g. --set lr=3e-4 --set hidden=128,128")
     r.add_argument("--out", type=Path, default=Path("results/runs"),
@@ -364,10 +370,12 @@ def cmd_train(args) -> int:
 
     spec = runs.spec_for(algorithm=args.algorithm, recipe=args.recipe, backend=args.backend,
                          task=args.task, device=args.device, seed=args.seed, frames=args.frames,
-                         num_envs=args.num_envs, overrides=args.set)
+                         num_envs=args.num_envs, overrides=args.set, impl=args.impl)
     resolved = runs.resolve(spec)
     config, recipe = resolved.config, resolved.recipe
     name = recipe.name if recipe is not None else spec.algorithm
+    if spec.impl != "rlgauge":
+        name = f"{name}@{spec.impl}"
     out = _writable_dir(args.out)
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
@@ -422,7 +430,8 @@ def cmd_run(args) -> int:
                        devices=tuple(_csv(args.devices)),
                        tasks=tuple(_csv(args.tasks)) if args.tasks else None,
                        num_envs=num_envs, seeds=args.seeds, frames=args.frames,
-                       quick=args.quick, overrides=tuple(args.set), recipes=recipes)
+                       quick=args.quick, overrides=tuple(args.set), recipes=recipes,
+                       impls=tuple(_csv(args.impls)) or ("rlgauge",))
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     workers = args.workers if args.workers is not None else matrix.default_workers(args.threads)

@@ -105,6 +105,8 @@ class Grid:
     quick: bool = False
     overrides: tuple[str, ...] = ()
     recipes: tuple[str, ...] = ()
+    impls: tuple[str, ...] = ("rlgauge",)
+    """Implementations of each algorithm cell (``harness.peers``); recipes are rlgauge's."""
 
 
 def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
@@ -166,14 +168,26 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
             if d not in wanted:
                 wanted.append(d)
     typed = _typed_overrides(grid)
+    from harness import peers
+
+    for impl in grid.impls:
+        if impl not in peers.IMPLS:
+            raise UsageError(f"unknown implementation {impl!r}; valid: {', '.join(peers.IMPLS)}")
+        if impl != "rlgauge":  # a peer library that is not installed: bad input, not a skip
+            peers.check(impl, next(iter(peers.SB3_CLASSES)), peers.SB3_BACKENDS[0])
 
     specs, skips = [], []
-    for algorithm in grid.algorithms:
+    for algorithm, impl in ((a, i) for a in grid.algorithms for i in grid.impls):
         kinds = registry.ALGORITHMS.get(algorithm).meta["action_kinds"]
         for backend in grid.backends:
             tasks, reason = _tasks(grid, algorithm, kinds, backend)
             if not tasks:
                 tasks = [grid.tasks[0] if grid.tasks else "-"]
+            if reason is None and impl != "rlgauge":
+                try:
+                    peers.check(impl, algorithm, backend)
+                except UsageError as exc:
+                    reason = str(exc)
             for task in tasks:
                 for device in wanted:
                     for num_envs in grid.num_envs:
@@ -182,7 +196,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
                             if frames is None and grid.quick:
                                 frames = QUICK_FRAMES.get(algorithm, QUICK_FRAMES_DEFAULT)
                             spec = RunSpec(algorithm, backend, task, device, seed, frames,
-                                           num_envs, typed[algorithm])
+                                           num_envs, typed[algorithm], impl=impl)
                             why = reason or device_skips.get(device)
                             if why is None and task not in backends.available_tasks(backend):
                                 why = f"backend {backend} has no task {task!r}"

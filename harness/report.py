@@ -39,7 +39,7 @@ import pandas as pd
 
 from harness import comparison
 
-CELL = ["algorithm", "backend", "task", "device", "num_envs"]
+CELL = ["algorithm", "impl", "compile", "backend", "task", "device", "num_envs"]
 FORMATS = ("markdown", "csv", "html")
 #: metrics a comparison can look at (which direction is better: ``harness.comparison``)
 COMPARABLE = ("train_fps", "collect_fps", "final_return", "time_to_threshold_s", "wall_time_s",
@@ -172,8 +172,9 @@ def cell_table(frame: pd.DataFrame) -> pd.DataFrame:
         parts = {k: ok.get(f"{k}_time_s") for k in ("env", "policy", "update")}
         if all(p is not None for p in parts.values()) and len(ok):
             total = sum(parts.values())
-            for k, p in parts.items():
-                row[f"{k}_share"] = float(np.nanmedian(p / total))
+            for k, p in parts.items():  # a peer's runs have no env / policy split: NaN
+                shares = (p / total).dropna()
+                row[f"{k}_share"] = float(np.median(shares)) if len(shares) else math.nan
         returns = _values(ok, "final_return")
         row["final_return_iqm"] = iqm(returns) if len(returns) else math.nan
         row["final_return_lo"], row["final_return_hi"] = iqm_interval(returns)
@@ -209,10 +210,20 @@ def _column(row) -> str:
     return f"{row['backend']}/{row['task']} {row['device']}{n}"
 
 
+def label(row) -> str:
+    """An algorithm column's name: ``ppo``, ``ppo (sb3)`` for a peer's implementation, with
+    the compile mode where it is not eager."""
+    impl, mode = row.get("impl", "rlgauge"), row.get("compile", "eager")
+    extra = ", ".join(x for x in (impl if impl not in ("", "rlgauge") else "",
+                                  mode if mode not in ("", "eager") else "") if x)
+    return f"{row['algorithm']} ({extra})" if extra else str(row["algorithm"])
+
+
 def _pivot(cells: pd.DataFrame, text) -> pd.DataFrame:
     cells = cells.assign(_col=[_column(r) for _, r in cells.iterrows()],
+                         _label=[label(r) for _, r in cells.iterrows()],
                          _text=[text(r) for _, r in cells.iterrows()])
-    table = cells.pivot_table(index="_col", columns="algorithm", values="_text",
+    table = cells.pivot_table(index="_col", columns="_label", values="_text",
                               aggfunc="first", sort=True).fillna("")
     table.columns.name = None
     table.index.name = "backend/task device"
@@ -239,6 +250,10 @@ def report_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     out: dict[str, pd.DataFrame] = {}
     if not cells.empty:
         _cell_pivots(cells, out)
+    peers = peers_table(frame)
+    if not peers.empty:
+        out["Implementations side by side: rlgauge against its peers on the same cells "
+            "(ratio rlgauge / peer, Welch 95% interval over seeds)"] = peers
     runs = _per_run(frame)
     bad = runs[runs["status"] != "ok"]
     if len(bad):
@@ -274,6 +289,30 @@ def _cell_pivots(cells: pd.DataFrame, out: dict) -> None:
                 if r["reached"] else
                 (f"not reached (0/{r['ok']}, >= {r['threshold']:g})"
                  if not math.isnan(r["threshold"]) else "no threshold")))
+
+
+def peers_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per cell that rlgauge and a peer implementation (``harness.peers``) both ran: frames/s,
+    wall time and final return of each, the ratio rlgauge / peer and its Welch 95% interval
+    over seeds (``compare`` with the peer as the base). Empty without a peer."""
+    impls = set(frame["impl"]) - {"", "rlgauge"}
+    if not impls or "rlgauge" not in set(frame["impl"]):
+        return pd.DataFrame()
+    ours = frame[frame["impl"] == "rlgauge"]
+    rows = []
+    for impl in sorted(impls):
+        theirs = frame[frame["impl"] == impl].assign(impl="rlgauge")  # same cells
+        table = compare(theirs, ours, metrics=("train_fps", "wall_time_s", "final_return"),
+                        across_hardware=True)
+        for _, r in table.iterrows():
+            rows.append({"cell": _column(r), "algorithm": r["algorithm"], "metric": r["metric"],
+                         impl: comparison.fmt_value(r["base"]),
+                         "rlgauge": comparison.fmt_value(r["head"]), "n": r["n"],
+                         "rlgauge / peer": _num(r["ratio"], "{:.3f}"),
+                         "change [95% CI]": comparison.fmt_change(r["change"], r["ci_low"],
+                                                                  r["ci_high"]),
+                         "verdict": r["verdict"]})
+    return pd.DataFrame(rows).fillna("").set_index("cell")
 
 
 def _return_text(r) -> str:
@@ -537,7 +576,7 @@ def compare_markdown(table: pd.DataFrame, threshold: float) -> str:
     if table.empty:
         return "(no cell and metric measured in both result sets)"
     view = pd.DataFrame({
-        "cell": [_column(r) + f" {r['algorithm']}" for _, r in table.iterrows()],
+        "cell": [_column(r) + f" {label(r)}" for _, r in table.iterrows()],
         "metric": table["metric"],
         "base": [comparison.fmt_value(v) for v in table["base"]],
         "head": [comparison.fmt_value(v) for v in table["head"]],

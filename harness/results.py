@@ -2,7 +2,7 @@
 
 Every measured value is one row (long form). A results file is CSV framed by two comment lines::
 
-    # rlgauge-results schema_version=2
+    # rlgauge-results schema_version=3
     run_id,timestamp,git_sha,...            <- header: exactly ``COLUMNS``
     ...                                     <- one row per (run, metric[, frames])
     # end rows=N
@@ -23,6 +23,9 @@ SCHEMA_VERSION history:
          ``cuda`` (the CUDA version torch was built with, ``none`` for a CPU build); ``torch``
          is ``torch.__version__`` with its build tag (``2.11.0+cu130``), not the distribution's
          version. Version-1 files still load: their hardware columns are empty (unknown).
+    3 -- ``impl`` (whose implementation ran: ``rlgauge``, or a peer such as ``sb3``,
+         ``harness.peers``) and ``compile`` (``eager``; the compile axis is to come). Files of
+         versions 1 and 2 load with ``rlgauge`` / ``eager``: the only ones there were.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ import pandas as pd
 from harness import atomic
 from harness.errors import ResultsError
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAGIC = "# rlgauge-results"
 FOOTER = "# end rows="
 SUFFIX = ".csv"
@@ -59,6 +62,8 @@ COLUMNS: dict[str, str] = {
     "gpu": "str",
     "cuda": "str",
     "algorithm": "str",
+    "impl": "str",
+    "compile": "str",
     "backend": "str",
     "task": "str",
     "device": "str",
@@ -76,8 +81,10 @@ STATUSES = ("ok", "failed", "timeout", "diverged", "skipped")
 PROVENANCE = ("timestamp", "git_sha", "machine", "torch", "torchrl", "tensordict", "cpu", "cuda")
 #: columns that say what hardware a value was measured on (``gpu`` only for runs on a GPU)
 HARDWARE = ("cpu", "gpu")
-#: columns added by schema version 2 (empty when a version-1 file is loaded)
-_ADDED_IN_2 = ("cpu", "gpu", "cuda")
+#: columns added after version 1, and their value in files that predate them
+_ADDED = {"cpu": "", "gpu": "", "cuda": "", "impl": "rlgauge", "compile": "eager"}
+#: what a run's ``impl`` and ``compile`` are unless it says otherwise
+DEFAULT_IMPL, DEFAULT_COMPILE = "rlgauge", "eager"
 
 
 # --------------------------------------------------------------------------- provenance
@@ -112,7 +119,7 @@ def make_records(rows: Iterable[Mapping], **context) -> pd.DataFrame:
     if context.get("device"):  # one name per device (harness.devices): cuda -> cuda:0
         context = {**context, "device": canonical(context["device"])}
     base = {"run_id": new_run_id(), **provenance(context.get("device")), "status": "ok",
-            "error": "", "unit": ""}
+            "error": "", "unit": "", "impl": DEFAULT_IMPL, "compile": DEFAULT_COMPILE}
     base.update(context)
     frame = pd.DataFrame([{**base, **row} for row in rows], columns=list(COLUMNS))
     extra = set(base) - set(COLUMNS)
@@ -264,10 +271,10 @@ def loads(text: str, *, source: str | os.PathLike = "<string>") -> pd.DataFrame:
     if len(frame) != expected:
         raise ResultsError(source, f"truncated or damaged: {len(frame)} rows, the closing line "
                                    f"says {expected}")
-    if version == 1:  # hardware was not recorded: unknown
-        for col in _ADDED_IN_2:
+    if version < SCHEMA_VERSION:  # columns added since: unknown hardware, rlgauge, eager
+        for col, value in _ADDED.items():
             if col not in frame.columns:
-                frame[col] = ""
+                frame[col] = value
         frame = frame[[c for c in COLUMNS if c in frame.columns]
                       + [c for c in frame.columns if c not in COLUMNS]]
     return validate(frame, source=source)

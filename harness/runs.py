@@ -1,7 +1,9 @@
 """One training run, resolved and finished in one place.
 
 A ``RunSpec`` names a run: an algorithm (or a tutorial recipe, ``harness.recipes``) on a
-backend/task/device with a seed, an optional budget and batch, and Config overrides. Everything
+backend/task/device with a seed, an optional budget and batch, Config overrides, and whose
+implementation runs it (``impl``: rlgauge's reference, or a peer such as ``sb3``,
+``harness.peers``). Everything
 that trains -- ``python -m harness train``, the matrix's cells (``harness.matrix``, local or
 Ray), ``nox -s learning`` (through the matrix's executor) and the benchmarks -- goes through:
 
@@ -59,12 +61,14 @@ class RunSpec:
     num_envs: int | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
     recipe: str | None = None
+    impl: str = "rlgauge"
 
     @property
     def key(self) -> str:
         """File-name-safe identity of the run (the matrix resumes on it)."""
-        parts = [self.recipe or self.algorithm, self.backend, self.task,
-                 self.device.replace(":", ""), f"n{self.num_envs or 'D'}",
+        name = self.recipe or self.algorithm
+        parts = [name if self.impl == "rlgauge" else f"{name}@{self.impl}", self.backend,
+                 self.task, self.device.replace(":", ""), f"n{self.num_envs or 'D'}",
                  f"f{self.frames or 'D'}", f"s{self.seed}"]
         if self.overrides:
             text = "\0".join(f"{k}={format_value(v)}" for k, v in self.overrides)
@@ -73,18 +77,21 @@ class RunSpec:
 
     def label(self) -> str:
         name = f"{self.recipe} ({self.algorithm})" if self.recipe else self.algorithm
-        return (f"{name} {self.backend}/{self.task} {self.device} "
+        impl = "" if self.impl == "rlgauge" else f" [{self.impl}]"
+        return (f"{name}{impl} {self.backend}/{self.task} {self.device} "
                 f"n={self.num_envs or 'default'} seed {self.seed}")
 
     def context(self) -> dict:
-        return dict(algorithm=self.recipe or self.algorithm, backend=self.backend,
-                    task=self.task, device=self.device, num_envs=self.num_envs, seed=self.seed)
+        return dict(algorithm=self.recipe or self.algorithm, impl=self.impl,
+                    backend=self.backend, task=self.task, device=self.device,
+                    num_envs=self.num_envs, seed=self.seed)
 
 
 def spec_for(*, algorithm: str | None = None, recipe: str | None = None,
              backend: str | None = None, task: str | None = None, device: str = "cpu",
              seed: int = 0, frames: int | None = None, num_envs: int | None = None,
-             overrides: Mapping[str, Any] | Iterable[str] = ()) -> RunSpec:
+             overrides: Mapping[str, Any] | Iterable[str] = (),
+             impl: str = "rlgauge") -> RunSpec:
     """A RunSpec from what a caller names: an algorithm (``backend``/``task`` default to
     gymnasium/cartpole) or a recipe (which fixes them); ``overrides`` as typed values or
     ``FIELD=VALUE`` strings (parsed here). UsageError for a bad name or value."""
@@ -102,7 +109,7 @@ def spec_for(*, algorithm: str | None = None, recipe: str | None = None,
     registry.ALGORITHMS.get(algorithm)
     typed = parse_overrides(algorithm, overrides)
     return RunSpec(algorithm, backend or "gymnasium", task or "cartpole", device, seed, frames,
-                   num_envs, tuple(typed.items()), recipe)
+                   num_envs, tuple(typed.items()), recipe, impl)
 
 
 # --------------------------------------------------------------------------- resolving
@@ -168,6 +175,9 @@ def resolve(spec: RunSpec) -> Resolved:
     registry.BACKENDS.require_available(spec.backend)
     check_fits(spec.algorithm, spec.backend, spec.task)
     check_device(spec.device)
+    from harness import peers
+
+    peers.check(spec.impl, spec.algorithm, spec.backend)
     frames = recipe.frames if recipe is not None and spec.frames is None else spec.frames
     if frames is not None and frames < 1:
         raise UsageError(f"--frames must be a positive number of env frames, got {frames}")
@@ -183,7 +193,10 @@ def resolve(spec: RunSpec) -> Resolved:
         changes["frames"] = frames
     if spec.num_envs is not None:
         changes["num_envs"] = spec.num_envs
-    return Resolved(spec, module, module.config_for(spec.backend, spec.task, **changes), recipe)
+    config = module.config_for(spec.backend, spec.task, **changes)
+    if spec.impl != "rlgauge":
+        peers.check_config(spec.algorithm, config)
+    return Resolved(spec, module, config, recipe)
 
 
 def config_fields(algorithm: str) -> dict[str, dataclasses.Field]:
@@ -287,8 +300,8 @@ def extend(records: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
     if not rows:
         return records
     first = records.iloc[0]
-    context = {c: first[c] for c in ("run_id", "algorithm", "backend", "task", "device",
-                                     "num_envs", "seed")}
+    context = {c: first[c] for c in ("run_id", "algorithm", "impl", "compile", "backend", "task",
+                                     "device", "num_envs", "seed")}
     return pd.concat([records, results.make_records(rows, **context)], ignore_index=True)
 
 
@@ -330,7 +343,12 @@ def run(resolved: Resolved, *, progress: Callable | None = None, threads: int | 
         import torch
 
         torch.cuda.reset_peak_memory_stats(resolved.config.device)
-    result = resolved.module.train(resolved.config, progress=progress)
+    if resolved.spec.impl == "rlgauge":
+        result = resolved.module.train(resolved.config, progress=progress)
+    else:
+        from harness import peers
+
+        result = peers.train(resolved.spec.algorithm, resolved.config, progress=progress)
     return dataclasses.replace(result, records=resolved.finish(result.records))
 
 
@@ -342,6 +360,9 @@ def summary(records: pd.DataFrame, config) -> str:
         return fmt.format(values[metric]) if metric in values else "n/a"
 
     split = {k: values.get(f"{k}_time_s", math.nan) for k in ("env", "policy", "update")}
+    if math.isnan(split["env"]) and values.get("collect_fps", 0) > 0:
+        # a peer: collection is timed as a whole (no env / policy split)
+        split = {"collect": config.frames / values["collect_fps"], "update": split["update"]}
     total = sum(v for v in split.values() if v == v) or math.nan
     share = ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in split.items() if v == v)
     curve = records[records["metric"] == "episode_return"]
@@ -351,8 +372,10 @@ def summary(records: pd.DataFrame, config) -> str:
               f"frames) to the solved return {get('threshold', '{:g}')}"
               if "time_to_threshold_s" in values else
               f"not reached ({get('threshold', '{:g}')})" if "threshold" in values else "n/a")
+    impl = records["impl"].iloc[0]
     lines = [
-        f"{records['algorithm'].iloc[0]} on {config.backend}/{config.task}, {config.device}, "
+        f"{records['algorithm'].iloc[0]}{'' if impl == 'rlgauge' else f' ({impl})'} on "
+        f"{config.backend}/{config.task}, {config.device}, "
         f"{config.num_envs} env(s), seed {config.seed}",
         f"  frames          {int(curve['frames'].max()) if len(curve) else config.frames:,}",
         f"  final return    {get('final_return')} (deterministic policy)",

@@ -72,19 +72,22 @@ def test_results_record_the_full_torch_build_and_the_hardware(monkeypatch):
     assert set(_frame(device="cuda:1")["gpu"]) == {"NVIDIA A100"}
 
 
-def test_results_version_1_files_load_with_unknown_hardware(tmp_path):
-    """Files written before the hardware columns (schema version 1) still load: hardware
-    blank. Fails if the loader refuses version 1 or invents hardware for it."""
+@pytest.mark.parametrize(("version", "added"), [
+    (1, ["cpu", "gpu", "cuda", "impl", "compile"]), (2, ["impl", "compile"])])
+def test_results_older_files_load_with_what_they_lacked(tmp_path, version, added):
+    """Files of older schema versions still load: hardware blank (unknown), ``impl`` rlgauge
+    and ``compile`` eager (all there was). Fails if the loader refuses them or invents
+    hardware."""
     frame = _frame()
-    old = frame.drop(columns=["cpu", "gpu", "cuda"])
+    old = frame.drop(columns=added)
     body = old.to_csv(index=False, lineterminator="\n")
-    path = tmp_path / "v1.csv"
-    path.write_text(f"# rlgauge-results schema_version=1\n{body}# end rows={len(old)}\n")
+    path = tmp_path / f"v{version}.csv"
+    path.write_text(f"# rlgauge-results schema_version={version}\n{body}# end rows={len(old)}\n")
     back = results.load(path)
     assert list(back.columns) == list(results.COLUMNS)
-    assert (back[["cpu", "gpu", "cuda"]] == "").all().all()
-    pd.testing.assert_frame_equal(back.drop(columns=["cpu", "gpu", "cuda"]),
-                                  frame.drop(columns=["cpu", "gpu", "cuda"]))
+    assert (back[[c for c in added if c in ("cpu", "gpu", "cuda")]] == "").all().all()
+    assert set(back["impl"]) == {"rlgauge"} and set(back["compile"]) == {"eager"}
+    pd.testing.assert_frame_equal(back.drop(columns=added), frame.drop(columns=added))
 
 
 def test_results_failure_record_is_a_row_with_reason(tmp_path):
@@ -193,7 +196,7 @@ def _truncate(path, keep):
         (lambda p: p.write_text(p.read_text().replace("# end rows=4", "# end rows=9")),
          "4 rows, the closing line says 9"),
         (lambda p: p.write_text("a,b\n1,2\n"), "not an rlgauge results file"),
-        (lambda p: p.write_text(p.read_text().replace("schema_version=2", "schema_version=99")),
+        (lambda p: p.write_text(p.read_text().replace("schema_version=3", "schema_version=99")),
          "schema_version 99 is not supported"),
         (lambda p: p.write_bytes(b"\xff\xfe\x00binary"), "not a text file"),
     ],
