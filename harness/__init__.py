@@ -9,6 +9,7 @@ Running things
 - ``training``    -- what every reference algorithm's loop shares (``BaseConfig``, ``Run``, the
   collection generator, evaluation)
 - ``recipes``     -- torchrl's tutorial pipelines as named configurations, with their criteria
+- ``peers``       -- the same runs by Stable-Baselines3 / sb3-contrib (the ``impl`` axis)
 - ``learning``    -- published-threshold checks (``nox -s learning``), through the matrix
 - ``matrix`` (+ ``matrix_ray``) -- grids of runs in isolated worker processes, resumable
 
