@@ -100,9 +100,9 @@ def _gpus() -> str:
 
 def _provenance() -> str:
     """The hardware and versions every results record of a run here carries."""
-    from harness import devices, results
+    from harness import devices, provenance
 
-    p = results.provenance("cuda:0" if devices.cuda_count() else "cpu")
+    p = provenance.record("cuda:0" if devices.cuda_count() else "cpu")
     return ", ".join(f"{k}={p[k] or '-'}" for k in ("machine", "torch", "cuda", "cpu", "gpu"))
 
 

@@ -173,8 +173,8 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
     for impl in grid.impls:
         if impl not in peers.IMPLS:
             raise UsageError(f"unknown implementation {impl!r}; valid: {', '.join(peers.IMPLS)}")
-        if impl != "rlgauge":  # a peer library that is not installed: bad input, not a skip
-            peers.check(impl, next(iter(peers.SB3_CLASSES)), peers.SB3_BACKENDS[0])
+        for algorithm in grid.algorithms:  # a library that is not installed: bad input
+            peers.require_installed(impl, algorithm)
 
     specs, skips = [], []
     for algorithm, impl in ((a, i) for a in grid.algorithms for i in grid.impls):

@@ -86,6 +86,14 @@ def check(impl: str, algorithm: str, backend: str) -> None:
                          f"of it: {', '.join(implementations(algorithm))}")
     if backend not in SB3_BACKENDS:
         raise UsageError(f"impl sb3 runs gymnasium tasks only, not {backend!r}")
+    require_installed(impl, algorithm)
+
+
+def require_installed(impl: str, algorithm: str) -> None:
+    """UsageError when the library ``impl`` runs ``algorithm`` with is not installed (nothing
+    for rlgauge, or for an algorithm the peer does not have)."""
+    if impl == "rlgauge" or algorithm not in SB3_CLASSES:
+        return
     import importlib.util
 
     module = SB3_CLASSES[algorithm][0]

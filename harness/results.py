@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import atomic
+from harness import atomic, provenance
 from harness.errors import ResultsError
 
 SCHEMA_VERSION = 3
@@ -90,19 +90,6 @@ DEFAULT_IMPL, DEFAULT_COMPILE = "rlgauge", "eager"
 # --------------------------------------------------------------------------- provenance
 
 
-def provenance(device: str | None = None) -> dict[str, str]:
-    """Where and with what a value was measured (``harness.provenance.record``): time (UTC), git
-    sha, machine, library versions (torch's full version string), the CPU model, the CUDA
-    version torch was built with, and -- for a value measured on ``device`` a GPU -- that GPU.
-
-    ``RLGAUGE_MACHINE`` and ``RLGAUGE_GIT_SHA`` override the detected machine name and sha (CI
-    runners with throw-away hostnames; installs without a git checkout).
-    """
-    from harness import provenance as prov
-
-    return prov.record(device)
-
-
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -118,7 +105,7 @@ def make_records(rows: Iterable[Mapping], **context) -> pd.DataFrame:
 
     if context.get("device"):  # one name per device (harness.devices): cuda -> cuda:0
         context = {**context, "device": canonical(context["device"])}
-    base = {"run_id": new_run_id(), **provenance(context.get("device")), "status": "ok",
+    base = {"run_id": new_run_id(), **provenance.record(context.get("device")), "status": "ok",
             "error": "", "unit": "", "impl": DEFAULT_IMPL, "compile": DEFAULT_COMPILE}
     base.update(context)
     frame = pd.DataFrame([{**base, **row} for row in rows], columns=list(COLUMNS))
