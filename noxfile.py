@@ -109,9 +109,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def learning(session: nox.Session) -> None:
-    """Slow published-threshold learning tests (3 seeds each); table in results/learning/."""
-    install(session, "test")
-    session.run("pytest", "-m", "slow", "tests/test_learning.py", "-s", "-q",
+    """Slow published-threshold learning tests, rlgauge and SB3, 3 seeds; results/learning/."""
+    install(session, "test", "peers")
+    session.run("pytest", "-m", "slow", "tests/test_learning.py", "-s", "-q", "-rs",
                 *session.posargs)
 
 

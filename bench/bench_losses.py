@@ -232,16 +232,17 @@ def _hard_update_interval(algorithm: str, config) -> int:
 
 
 def torchrl_case(algorithm: str, batch, device) -> Case:
-    """The reference's torchrl loss and update step."""
-    import torch
+    """The reference's torchrl loss and update step (its optimiser: ``training.adam``)."""
     from torchrl.modules import set_recurrent_mode
     from torchrl.objectives import HardUpdate, SoftUpdate
+
+    from harness.training import adam
 
     mod, config, built = _build(algorithm, device)
     if algorithm in ("ppo", "recurrent_ppo"):
         loss_module = built[-1]
         kwargs = {"eps": config.adam_eps} if hasattr(config, "adam_eps") else {}
-        optim = torch.optim.Adam(loss_module.parameters(), lr=config.lr, **kwargs)
+        optim = adam(loss_module.parameters(), config.lr, config, **kwargs)
 
         def loss():
             out = loss_module(batch)
@@ -256,7 +257,7 @@ def torchrl_case(algorithm: str, batch, device) -> Case:
         loss_module = built[1]
         interval = _hard_update_interval(algorithm, config)
         updater = HardUpdate(loss_module, value_network_update_interval=interval)
-        optim = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
+        optim = adam(loss_module.parameters(), config.lr, config)
         recurrent = algorithm == "recurrent_dqn"
         return Case(lambda: loss_module(batch)["loss"], list(loss_module.parameters()),
                     [optim], config.max_grad_norm, updater.step,
@@ -266,8 +267,8 @@ def torchrl_case(algorithm: str, batch, device) -> Case:
     updater = SoftUpdate(loss_module, tau=config.tau)
     actor_params = list(loss_module.actor_network_params.flatten_keys().values())
     critic_params = list(loss_module.value_network_params.flatten_keys().values())
-    optims = [torch.optim.Adam(critic_params, lr=config.critic_lr),
-              torch.optim.Adam(actor_params, lr=config.actor_lr)]
+    optims = [adam(critic_params, config.critic_lr, config),
+              adam(actor_params, config.actor_lr, config)]
 
     def ddpg_loss():
         out = loss_module(batch)
@@ -277,10 +278,13 @@ def torchrl_case(algorithm: str, batch, device) -> Case:
 
 
 def hand_case(algorithm: str, batch, device) -> Case:
-    """The same loss and step in plain torch on the same network modules."""
+    """The same loss and step in plain torch on the same network modules (and the reference's
+    optimiser, ``training.adam``)."""
     import torch
     import torch.nn.functional as F
     from torchrl.modules import MLP, LSTMModule
+
+    from harness.training import adam
 
     mod, config, built = _build(algorithm, device)
     obs = batch["observation"]
@@ -318,7 +322,7 @@ def hand_case(algorithm: str, batch, device) -> Case:
         params = list(actor.parameters()) + list(critic.parameters())
         params = list({id(p): p for p in params}.values())
         kwargs = {"eps": config.adam_eps} if hasattr(config, "adam_eps") else {}
-        optim = torch.optim.Adam(params, lr=config.lr, **kwargs)
+        optim = adam(params, config.lr, config, **kwargs)
         return Case(ppo_loss, params, [optim], config.max_grad_norm)
 
     reward = batch["next", "reward"]
@@ -368,7 +372,7 @@ def hand_case(algorithm: str, batch, device) -> Case:
                 target_net.load_state_dict(net.state_dict())
 
         params = list(net.parameters())
-        optim = torch.optim.Adam(params, lr=config.lr)
+        optim = adam(params, config.lr, config)
         return Case(dqn_loss, params, [optim], config.max_grad_norm, hard_update)
 
     # ddpg
@@ -401,8 +405,8 @@ def hand_case(algorithm: str, batch, device) -> Case:
                                      config.tau)
 
     actor_params, critic_params = list(actor_net.parameters()), list(critic_net.parameters())
-    optims = [torch.optim.Adam(critic_params, lr=config.critic_lr),
-              torch.optim.Adam(actor_params, lr=config.actor_lr)]
+    optims = [adam(critic_params, config.critic_lr, config),
+              adam(actor_params, config.actor_lr, config)]
     return Case(ddpg_loss, actor_params + critic_params, optims, None, soft_update)
 
 

@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--impls", default="rlgauge",
                    help="comma-separated implementations: rlgauge, sb3 (Stable-Baselines3 on "
                         "the same cells where it has the algorithm; default: rlgauge)")
+    m.add_argument("--compile", default="eager", metavar="MODES",
+                   help="comma-separated compile modes: eager (default), compile (torch.compile "
+                        "of the update step and the policy), compile+cudagraphs (CUDA devices "
+                        "only: tensordict's CudaGraphModule), or all (the modes valid on "
+                        "--devices); cells a mode cannot run (compile+cudagraphs on the CPU, "
+                        "any mode but eager for --impls sb3) are skipped with the reason")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="Config override for every cell, e.g. --set lr=3e-4")
     m.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -158,6 +164,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--impl", default="rlgauge",
                    help="whose implementation: rlgauge (default) or sb3 (Stable-Baselines3 / "
                         "sb3-contrib with the same settings; harness/peers.py)")
+    r.add_argument("--compile", default="eager", metavar="MODE",
+                   help="eager (default), compile (torch.compile of the update step and the "
+                        "policy; compile_time_s is recorded apart from steady_fps) or "
+                        "compile+cudagraphs (CUDA devices only: tensordict's CudaGraphModule); "
+                        "rlgauge's implementation only")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a Config field, e.g. --set lr=3e-4 --set hidden=128,128")
     r.add_argument("--out", type=Path, default=Path("results/runs"),
@@ -370,12 +381,15 @@ def cmd_train(args) -> int:
 
     spec = runs.spec_for(algorithm=args.algorithm, recipe=args.recipe, backend=args.backend,
                          task=args.task, device=args.device, seed=args.seed, frames=args.frames,
-                         num_envs=args.num_envs, overrides=args.set, impl=args.impl)
+                         num_envs=args.num_envs, overrides=args.set, impl=args.impl,
+                         compile=args.compile)
     resolved = runs.resolve(spec)
     config, recipe = resolved.config, resolved.recipe
     name = recipe.name if recipe is not None else spec.algorithm
     if spec.impl != "rlgauge":
         name = f"{name}@{spec.impl}"
+    if spec.compile != "eager":
+        name = f"{name}+{spec.compile}"
     out = _writable_dir(args.out)
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
@@ -431,7 +445,8 @@ def cmd_run(args) -> int:
                        tasks=tuple(_csv(args.tasks)) if args.tasks else None,
                        num_envs=num_envs, seeds=args.seeds, frames=args.frames,
                        quick=args.quick, overrides=tuple(args.set), recipes=recipes,
-                       impls=tuple(_csv(args.impls)) or ("rlgauge",))
+                       impls=tuple(_csv(args.impls)) or ("rlgauge",),
+                       compile_modes=tuple(_csv(args.compile)))
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     workers = args.workers if args.workers is not None else matrix.default_workers(args.threads)

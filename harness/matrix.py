@@ -1,12 +1,15 @@
-"""The matrix: a grid of training runs (algorithm x backend x task x device x num_envs x seed),
-each cell in its own process, results appended cell by cell, resumable.
+"""The matrix: a grid of training runs (algorithm x implementation x compile mode x backend x
+task x device x num_envs x seed), each cell in its own process, results appended cell by cell,
+resumable.
 
 Expanding (``expand``). A ``Grid`` becomes ``RunSpec``s; combinations that cannot run are kept
 as ``Skip``s with the reason (an algorithm whose action kind no task of a backend has, a task a
-backend does not have, a device that is not present when the grid asked for ``all`` devices)
-and written as ``skipped`` rows, so a table shows every cell of the grid. Names are checked
-before any work: an unknown algorithm/backend/task/device, a device asked for explicitly but not
-present, a budget or seed count below 1, an empty grid -- one ``UsageError`` line each.
+backend does not have, a device that is not present when the grid asked for ``all`` devices,
+an algorithm a peer implementation does not have, a compile mode a cell cannot use:
+``compile+cudagraphs`` off CUDA, any mode but eager for a peer) and written as ``skipped``
+rows, so a table shows every cell of the grid. Names are checked before any work: an unknown
+algorithm/backend/task/device/implementation/compile mode, a device asked for explicitly but
+not present, a budget or seed count below 1, an empty grid -- one ``UsageError`` line each.
 
 Isolation. Every cell is a fresh process forked from a *forkserver* whose interpreter imported
 torch, torchrl and the reference implementations once (``PRELOAD``), so a cell starts warm
@@ -93,7 +96,8 @@ class Grid:
     ``num_envs`` None entries: the algorithm's default; ``frames`` None: ``QUICK_FRAMES`` when
     ``quick``, else each algorithm's budget for the task (a recipe's: its own). ``recipes``:
     recipe cells besides the algorithm x backend x task ones (``algorithms`` may then be
-    empty)."""
+    empty). ``compile_modes`` may contain ``all``: every mode valid on the grid's devices
+    (``compile+cudagraphs`` only when one of them is CUDA)."""
 
     algorithms: tuple[str, ...]
     backends: tuple[str, ...]
@@ -107,14 +111,16 @@ class Grid:
     recipes: tuple[str, ...] = ()
     impls: tuple[str, ...] = ("rlgauge",)
     """Implementations of each algorithm cell (``harness.peers``); recipes are rlgauge's."""
+    compile_modes: tuple[str, ...] = ("eager",)
+    """Compile modes of each cell (``harness.training.COMPILE_MODES``), recipes' too."""
 
 
 def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
     """The grid's cells that can run here, and the ones that cannot (with reasons).
 
-    Raises UsageError, before any work, for an unknown name on any axis, a device asked for
-    explicitly but absent, a non-positive budget, seed count or num_envs, a bad override, or a
-    grid with nothing to run.
+    Raises UsageError, before any work, for an unknown name on any axis (compile modes
+    included), a device asked for explicitly but absent, a non-positive budget, seed count or
+    num_envs, a bad override, or a grid with nothing to run.
     """
     from harness import backends, devices, registry
 
@@ -128,7 +134,7 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
             raise UsageError(f"--num-envs must be >= 1, got {n}")
     # a recipes-only grid has no algorithm axis, and its recipes bring their own backends
     algorithm_axes = bool(grid.algorithms) or not grid.recipes
-    axes = [("--devices", grid.devices)]
+    axes = [("--devices", grid.devices), ("--compile", grid.compile_modes)]
     if algorithm_axes:
         axes[:0] = [("--algorithms", grid.algorithms), ("--backends", grid.backends)]
     for axis, values in axes:
@@ -176,8 +182,24 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
         for algorithm in grid.algorithms:  # a library that is not installed: bad input
             peers.require_installed(impl, algorithm)
 
+    modes = _compile_modes(grid.compile_modes, wanted)
+
+    def compile_skip(mode: str, impl: str, device: str) -> str | None:
+        try:
+            runs.check_compile(mode, impl, device)
+        except UsageError as exc:
+            return str(exc)
+        return None
+
+    def budget(algorithm: str) -> int | None:
+        """The grid's budget for a cell of ``algorithm`` (None: its own for the task)."""
+        if grid.frames is None and grid.quick:
+            return QUICK_FRAMES.get(algorithm, QUICK_FRAMES_DEFAULT)
+        return grid.frames
+
     specs, skips = [], []
-    for algorithm, impl in ((a, i) for a in grid.algorithms for i in grid.impls):
+    for algorithm, impl, mode in ((a, i, m) for a in grid.algorithms for i in grid.impls
+                                  for m in modes):
         kinds = registry.ALGORITHMS.get(algorithm).meta["action_kinds"]
         for backend in grid.backends:
             tasks, reason = _tasks(grid, algorithm, kinds, backend)
@@ -192,12 +214,11 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
                 for device in wanted:
                     for num_envs in grid.num_envs:
                         for seed in range(grid.seeds):
-                            frames = grid.frames
-                            if frames is None and grid.quick:
-                                frames = QUICK_FRAMES.get(algorithm, QUICK_FRAMES_DEFAULT)
-                            spec = RunSpec(algorithm, backend, task, device, seed, frames,
-                                           num_envs, typed[algorithm], impl=impl)
-                            why = reason or device_skips.get(device)
+                            spec = RunSpec(algorithm, backend, task, device, seed,
+                                           budget(algorithm), num_envs, typed[algorithm],
+                                           impl=impl, compile=mode)
+                            why = (reason or device_skips.get(device)
+                                   or compile_skip(mode, impl, device))
                             if why is None and task not in backends.available_tasks(backend):
                                 why = f"backend {backend} has no task {task!r}"
                             if why is None:
@@ -210,20 +231,39 @@ def expand(grid: Grid) -> tuple[list[RunSpec], list[Skip]]:
         from harness import recipes
 
         recipe = recipes.get(name)
-        for device in wanted:
-            for num_envs in grid.num_envs:
-                for seed in range(grid.seeds):
-                    frames = grid.frames
-                    if frames is None and grid.quick:
-                        frames = QUICK_FRAMES.get(recipe.algorithm, QUICK_FRAMES_DEFAULT)
-                    spec = RunSpec(recipe.algorithm, recipe.backend, recipe.task, device, seed,
-                                   frames, num_envs, typed[recipe.algorithm], recipe=name)
-                    why = device_skips.get(device)
-                    (skips.append(Skip(spec, why)) if why else specs.append(spec))
+        for mode in modes:
+            for device in wanted:
+                for num_envs in grid.num_envs:
+                    for seed in range(grid.seeds):
+                        spec = RunSpec(recipe.algorithm, recipe.backend, recipe.task, device,
+                                       seed, budget(recipe.algorithm), num_envs,
+                                       typed[recipe.algorithm], recipe=name, compile=mode)
+                        why = device_skips.get(device) or compile_skip(mode, "rlgauge", device)
+                        (skips.append(Skip(spec, why)) if why else specs.append(spec))
     if not specs:
         reasons = sorted({s.reason for s in skips})
         raise UsageError("the grid has no cell that can run here: " + "; ".join(reasons[:3]))
     return specs, skips
+
+
+def _compile_modes(asked: Sequence[str], devices_: Sequence[str]) -> list[str]:
+    """The grid's compile modes, in ``COMPILE_MODES`` order: ``all`` is every mode valid on
+    one of ``devices_`` (``compile+cudagraphs`` needs a CUDA one). UsageError naming an unknown
+    mode and the valid ones."""
+    from harness.devices import is_cuda
+    from harness.training import COMPILE_MODES
+
+    wanted = set()
+    for mode in asked:
+        if mode == "all":
+            wanted.update(m for m in COMPILE_MODES
+                          if m != "compile+cudagraphs" or any(is_cuda(d) for d in devices_))
+        elif mode in COMPILE_MODES:
+            wanted.add(mode)
+        else:
+            raise UsageError(f"unknown compile mode {mode!r}; valid: "
+                             f"{', '.join(COMPILE_MODES)}, or all")
+    return [m for m in COMPILE_MODES if m in wanted]
 
 
 def _tasks(grid: Grid, algorithm: str, kinds, backend: str) -> tuple[list[str], str | None]:

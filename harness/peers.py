@@ -26,8 +26,9 @@ How each Config maps (what SB3 calls it) and where the two differ by design:
   with ``anneal_lr`` and ``anneal_clip``: RL Zoo's ``lin_0.2``), ``lr`` (linear or cosine over
   the budget with ``anneal_lr``), ``entropy_coeff``, ``critic_coeff`` -> ``vf_coef``,
   ``max_grad_norm``, ``hidden``/``activation`` -> separate pi/vf ``net_arch``; advantages
-  normalised per minibatch as rlgauge's. SB3 computes advantages once per rollout (rlgauge:
-  before every epoch) and initialises orthogonally; continuous actions are a Gaussian clipped
+  normalised per minibatch as rlgauge's. Both compute advantages once per rollout (rlgauge's
+  ``advantage_every_epoch`` recomputes them every epoch: no SB3 counterpart); SB3 initialises
+  orthogonally; continuous actions are a Gaussian clipped
   to the bounds (rlgauge: TanhNormal).
 - DQN: ``train_freq``, ``gradient_steps``, ``batch_size``, ``buffer_size``,
   ``init_random_frames`` -> ``learning_starts``, ``lr``, ``gamma``, ``max_grad_norm``,

@@ -184,7 +184,10 @@ register(Recipe(
         gamma=0.99, lmbda=0.95, lr=3e-4, max_grad_norm=1.0, anneal_lr=True,
         lr_schedule="cosine", anneal_clip=False, entropy_coeff=1e-4, critic_coeff=1.0,
         critic_loss="smooth_l1", hidden=(256, 256, 256), activation="tanh",
-        obs_norm_steps=1000, step_counter=True, max_episode_steps=1000),
+        obs_norm_steps=1000, step_counter=True, max_episode_steps=1000,
+        # the tutorial's loop: GAE before every epoch, torchrl's functional ClipPPOLoss, the
+        # default (multi-tensor) Adam
+        advantage_every_epoch=True, functional_loss=True, fused_adam=False),
     deviations=(
         "InvertedDoublePendulum-v5, gymnasium's current version (the tutorial: v4)",
         "no DoubleToFloat transform: the gymnasium backend casts MuJoCo's float64 observation "

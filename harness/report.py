@@ -5,15 +5,18 @@
 
 - ``summary``: cells x metrics, median over runs (seeds), with run and failure counts -- the
   generic table of any results (``python -m harness table DIR --format csv``).
-- ``cell_table``: one row per algorithm x backend x task x device x num_envs cell of a matrix:
-  frames/s overall and while collecting (median over seeds), the wall-time split env / policy
+- ``cell_table``: one row per algorithm x impl x compile x backend x task x device x num_envs
+  cell of a matrix: frames/s overall, while collecting and after the compiling warm-up
+  (``steady_fps``), the compile time (median over seeds), the wall-time split env / policy
   / update (median shares), the final return as IQM with a 95% stratified-bootstrap interval
   (``iqm_interval``: ``scipy.stats.bootstrap``, percentile method, each stratum resampled on
   its own), time to the task's solved return (median over the runs that reached it, and how
   many did), how many runs of a tutorial recipe met its success criterion, failures.
-- ``report_tables``: the pivots a person reads, (backend/task, device) x algorithm or recipe:
-  throughput, time split, final return, recipes' success, time to threshold, and the runs
-  that did not finish.
+- ``report_tables``: the pivots a person reads, (backend/task, device) x algorithm or recipe
+  (a peer's implementation and a compile mode other than eager are columns of their own,
+  ``ppo (sb3)``, ``ppo (compile)``): throughput, time split, final return, recipes' success,
+  time to threshold; the implementations side by side (``peers_table``) and the compile modes
+  side by side (``compile_table``); and the runs that did not finish.
 - ``plots``: learning curves per task (IQM over seeds of the training return on a common frame
   grid, with the 95% interval as a band) and a throughput bar chart per backend/device (PNG).
 - ``write_report``: Markdown, CSV and one self-contained HTML page (tables and PNGs inlined).
@@ -42,8 +45,9 @@ from harness import comparison
 CELL = ["algorithm", "impl", "compile", "backend", "task", "device", "num_envs"]
 FORMATS = ("markdown", "csv", "html")
 #: metrics a comparison can look at (which direction is better: ``harness.comparison``)
-COMPARABLE = ("train_fps", "collect_fps", "final_return", "time_to_threshold_s", "wall_time_s",
-              "env_time_s", "policy_time_s", "update_time_s", "peak_rss_mb")
+COMPARABLE = ("train_fps", "collect_fps", "steady_fps", "final_return", "time_to_threshold_s",
+              "wall_time_s", "compile_time_s", "env_time_s", "policy_time_s", "update_time_s",
+              "peak_rss_mb")
 FAILED = ("failed", "timeout")
 #: metrics whose value does not depend on the machine's speed: compared across hardware
 HARDWARE_FREE = frozenset({"final_return"})
@@ -166,8 +170,8 @@ def cell_table(frame: pd.DataFrame) -> pd.DataFrame:
         row.update(runs=len(g), ok=len(ok), failed=int(g["status"].isin(FAILED).sum()),
                    diverged=int((g["status"] == "diverged").sum()),
                    skipped=int((g["status"] == "skipped").sum()))
-        for metric in ("train_fps", "collect_fps", "wall_time_s", "peak_rss_mb",
-                       "worker_overhead_s"):
+        for metric in ("train_fps", "collect_fps", "steady_fps", "compile_time_s",
+                       "wall_time_s", "peak_rss_mb", "worker_overhead_s"):
             row[metric] = _median(ok, metric)
         parts = {k: ok.get(f"{k}_time_s") for k in ("env", "policy", "update")}
         if all(p is not None for p in parts.values()) and len(ok):
@@ -254,6 +258,11 @@ def report_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if not peers.empty:
         out["Implementations side by side: rlgauge against its peers on the same cells "
             "(ratio rlgauge / peer, Welch 95% interval over seeds)"] = peers
+    compiled = compile_table(frame)
+    if not compiled.empty:
+        out["Compile modes side by side: steady-state frames/s (frames / (wall time - compile "
+            "time)), compiled / eager with its Welch 95% interval over seeds, median compile "
+            "time"] = compiled
     runs = _per_run(frame)
     bad = runs[runs["status"] != "ok"]
     if len(bad):
@@ -313,6 +322,55 @@ def peers_table(frame: pd.DataFrame) -> pd.DataFrame:
                                                                   r["ci_high"]),
                          "verdict": r["verdict"]})
     return pd.DataFrame(rows).fillna("").set_index("cell")
+
+
+def compile_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per cell run both eager and in a compile mode (same algorithm, implementation, backend,
+    task, device, num_envs): the median steady-state frames/s of each (``steady_fps``: frames
+    / (wall time - compile time); ``train_fps`` for runs that predate it), the speed-up
+    compiled / eager -- the ratio of the medians, and in brackets the Welch 95% interval over
+    seeds of the ratio of the means (``compare`` with eager as the base) -- its verdict, and
+    the median ``compile_time_s`` of the compiled runs (the warm-up calls that compile, kept
+    out of ``steady_fps``). Cells whose two sides ran on different hardware get no ratio.
+    Empty without such a pair."""
+    modes = set(frame["compile"]) - {"", "eager"}
+    if not modes or "eager" not in set(frame["compile"]):
+        return pd.DataFrame()
+    frame = _with_steady_fps(frame)
+    eager = frame[frame["compile"] == "eager"]
+    order = {m: i for i, m in enumerate(("compile", "compile+cudagraphs"))}
+    rows = []
+    for mode in sorted(modes, key=lambda m: (order.get(m, len(order)), m)):
+        compiled = frame[frame["compile"] == mode]
+        table = compare(eager, compiled.assign(compile="eager"), metrics=("steady_fps",))
+        if table.empty:
+            continue
+        times = _per_run(compiled)
+        times = times[times["status"] == "ok"].assign(compile="eager")
+        for _, r in table.iterrows():
+            mask = (times[CELL] == r[CELL]).all(axis=1)
+            ratio = r["ratio"]
+            interval = ("" if math.isnan(r["ci_low"]) else
+                        f" [{1 + r['ci_low']:.3f}, {1 + r['ci_high']:.3f}]")
+            rows.append({"cell": _column(r), "algorithm": label(r), "mode": mode,
+                         "n eager/compiled": r["n"],
+                         "eager frames/s": comparison.fmt_value(r["base"]),
+                         "compiled frames/s": comparison.fmt_value(r["head"]),
+                         "compiled / eager [95% CI]": (_num(ratio, "{:.3f}") + interval
+                                                       if not math.isnan(ratio) else ""),
+                         "verdict": r["verdict"],
+                         "compile time (s)": _num(_median(times[mask], "compile_time_s"),
+                                                  "{:.1f}")})
+    return pd.DataFrame(rows).set_index("cell") if rows else pd.DataFrame()
+
+
+def _with_steady_fps(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``steady_fps`` row copied from ``train_fps`` for every run that has
+    none (results from before the compile axis: eager, no compile time to take out)."""
+    have = set(frame.loc[frame["metric"] == "steady_fps", "run_id"])
+    old = frame[(frame["metric"] == "train_fps") & ~frame["run_id"].isin(have)]
+    return pd.concat([frame, old.assign(metric="steady_fps")], ignore_index=True) \
+        if len(old) else frame
 
 
 def _return_text(r) -> str:
@@ -386,8 +444,7 @@ def plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for cell, grid, ys in items:
             center = stats.trim_mean(ys, 0.25, axis=0)
-            label = f"{cell['algorithm']} (n={len(ys)})"
-            (line,) = ax.plot(grid, center, label=label)
+            (line,) = ax.plot(grid, center, label=f"{label(cell)} (n={len(ys)})")
             if len(ys) >= 2:
                 lo, hi = zip(*(iqm_interval(ys[:, i]) for i in range(ys.shape[1])),
                              strict=True)
@@ -402,8 +459,8 @@ def plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     runs = _per_run(frame)
     runs = runs[runs["status"] == "ok"]
     for (backend, device), g in cells.groupby(["backend", "device"], sort=True):
-        g = g.sort_values(["task", "algorithm"])
-        labels = [f"{r.algorithm}\n{r.task}" for r in g.itertuples()]
+        g = g.sort_values(["task", "algorithm", "impl", "compile"])
+        labels = [f"{label(r)}\n{r['task']}" for _, r in g.iterrows()]
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(g) + 1), 4), dpi=100)
         x = np.arange(len(g))
         seeds = [runs.merge(pd.DataFrame([r[CELL].to_dict()]), on=CELL)

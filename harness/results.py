@@ -24,7 +24,8 @@ SCHEMA_VERSION history:
          is ``torch.__version__`` with its build tag (``2.11.0+cu130``), not the distribution's
          version. Version-1 files still load: their hardware columns are empty (unknown).
     3 -- ``impl`` (whose implementation ran: ``rlgauge``, or a peer such as ``sb3``,
-         ``harness.peers``) and ``compile`` (``eager``; the compile axis is to come). Files of
+         ``harness.peers``) and ``compile`` (``eager``, ``compile`` or ``compile+cudagraphs``:
+         ``harness.training.COMPILE_MODES``). Files of
          versions 1 and 2 load with ``rlgauge`` / ``eager``: the only ones there were.
 """
 

@@ -1,9 +1,10 @@
 """One training run, resolved and finished in one place.
 
 A ``RunSpec`` names a run: an algorithm (or a tutorial recipe, ``harness.recipes``) on a
-backend/task/device with a seed, an optional budget and batch, Config overrides, and whose
+backend/task/device with a seed, an optional budget and batch, Config overrides, whose
 implementation runs it (``impl``: rlgauge's reference, or a peer such as ``sb3``,
-``harness.peers``). Everything
+``harness.peers``) and in which compile mode (``compile``: ``harness.training.COMPILE_MODES``;
+``eager``, the only mode of a peer). Everything
 that trains -- ``python -m harness train``, the matrix's cells (``harness.matrix``, local or
 Ray), ``nox -s learning`` (through the matrix's executor) and the benchmarks -- goes through:
 
@@ -37,8 +38,11 @@ import pandas as pd
 from harness import results
 from harness.errors import UsageError
 
-#: Config fields a run's overrides may not change (they are the spec's own axes)
-_FIXED = frozenset({"backend", "task"})
+#: Config fields a run's overrides may not change (they are the spec's own axes), and the
+#: option that sets each instead
+_FIXED = {"backend": "--backend (train) / --backends (run)",
+          "task": "--task (train) / --tasks (run)",
+          "compile": "--compile MODE (train) / --compile MODES (run)"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class RunSpec:
     ``overrides``: typed ``(field, value)`` pairs applied on top of the preset (a recipe's
     settings first). ``recipe``: the run is that recipe (``harness.recipes``;
     ``algorithm``/``backend``/``task`` are the recipe's, ``frames`` None is its budget); its
-    results' ``algorithm`` column is the recipe's name.
+    results' ``algorithm`` column is the recipe's name. ``impl``: whose implementation
+    (``harness.peers``); ``compile``: the compile mode (``check_compile``).
     """
 
     algorithm: str
@@ -62,14 +67,21 @@ class RunSpec:
     overrides: tuple[tuple[str, Any], ...] = ()
     recipe: str | None = None
     impl: str = "rlgauge"
+    compile: str = "eager"
 
     @property
     def key(self) -> str:
-        """File-name-safe identity of the run (the matrix resumes on it)."""
+        """File-name-safe identity of the run (the matrix resumes on it): ``ppo-...``,
+        ``ppo@sb3-...`` for a peer's, ``ppo+compile-...`` / ``ppo+compile+cudagraphs-...`` for
+        a compile mode (an eager run's key has no mode: results written before the compile
+        axis still resume)."""
         name = self.recipe or self.algorithm
-        parts = [name if self.impl == "rlgauge" else f"{name}@{self.impl}", self.backend,
-                 self.task, self.device.replace(":", ""), f"n{self.num_envs or 'D'}",
-                 f"f{self.frames or 'D'}", f"s{self.seed}"]
+        if self.impl != "rlgauge":
+            name = f"{name}@{self.impl}"
+        if self.compile != "eager":
+            name = f"{name}+{self.compile}"
+        parts = [name, self.backend, self.task, self.device.replace(":", ""),
+                 f"n{self.num_envs or 'D'}", f"f{self.frames or 'D'}", f"s{self.seed}"]
         if self.overrides:
             text = "\0".join(f"{k}={format_value(v)}" for k, v in self.overrides)
             parts.append(hashlib.sha1(text.encode()).hexdigest()[:8])
@@ -77,13 +89,14 @@ class RunSpec:
 
     def label(self) -> str:
         name = f"{self.recipe} ({self.algorithm})" if self.recipe else self.algorithm
-        impl = "" if self.impl == "rlgauge" else f" [{self.impl}]"
-        return (f"{name}{impl} {self.backend}/{self.task} {self.device} "
+        tags = [t for t, plain in ((self.impl, "rlgauge"), (self.compile, "eager")) if t != plain]
+        extra = f" [{', '.join(tags)}]" if tags else ""
+        return (f"{name}{extra} {self.backend}/{self.task} {self.device} "
                 f"n={self.num_envs or 'default'} seed {self.seed}")
 
     def context(self) -> dict:
         return dict(algorithm=self.recipe or self.algorithm, impl=self.impl,
-                    backend=self.backend, task=self.task, device=self.device,
+                    compile=self.compile, backend=self.backend, task=self.task, device=self.device,
                     num_envs=self.num_envs, seed=self.seed)
 
 
@@ -91,10 +104,11 @@ def spec_for(*, algorithm: str | None = None, recipe: str | None = None,
              backend: str | None = None, task: str | None = None, device: str = "cpu",
              seed: int = 0, frames: int | None = None, num_envs: int | None = None,
              overrides: Mapping[str, Any] | Iterable[str] = (),
-             impl: str = "rlgauge") -> RunSpec:
+             impl: str = "rlgauge", compile: str = "eager") -> RunSpec:
     """A RunSpec from what a caller names: an algorithm (``backend``/``task`` default to
     gymnasium/cartpole) or a recipe (which fixes them); ``overrides`` as typed values or
-    ``FIELD=VALUE`` strings (parsed here). UsageError for a bad name or value."""
+    ``FIELD=VALUE`` strings (parsed here). UsageError for a bad name or value (``impl`` and
+    ``compile`` are checked by ``resolve``)."""
     from harness import registry
 
     registry.load_builtins()
@@ -109,7 +123,7 @@ def spec_for(*, algorithm: str | None = None, recipe: str | None = None,
     registry.ALGORITHMS.get(algorithm)
     typed = parse_overrides(algorithm, overrides)
     return RunSpec(algorithm, backend or "gymnasium", task or "cartpole", device, seed, frames,
-                   num_envs, tuple(typed.items()), recipe, impl)
+                   num_envs, tuple(typed.items()), recipe, impl, compile)
 
 
 # --------------------------------------------------------------------------- resolving
@@ -152,13 +166,21 @@ def check_fits(algorithm: str, backend: str, task: str) -> None:
                          f"has {kind} actions; tasks that fit {algorithm}: {', '.join(fits)}")
 
 
+def check_compile(mode: str, impl: str = "rlgauge", device: str = "cpu") -> None:
+    """``harness.training.check_compile`` (imported when called: torch comes with it)."""
+    from harness.training import check_compile as check
+
+    check(mode, impl, device)
+
+
 def resolve(spec: RunSpec) -> Resolved:
     """Check every input of ``spec``, then build its Config (module docstring).
 
     UsageError (one line naming the bad value and the valid choices) for an unknown or
     unavailable algorithm, recipe, backend, task or device, a task whose actions do not fit the
-    algorithm, a non-positive budget or batch, a negative seed, or an override that is not a
-    Config field or does not fit its type.
+    algorithm, a non-positive budget or batch, a negative seed, a compile mode the run cannot
+    use (``check_compile``), or an override that is not a Config field or does not fit its
+    type.
     """
     from harness import backends, registry
     from harness.devices import check_device
@@ -178,6 +200,7 @@ def resolve(spec: RunSpec) -> Resolved:
     from harness import peers
 
     peers.check(spec.impl, spec.algorithm, spec.backend)
+    check_compile(spec.compile, spec.impl, spec.device)
     frames = recipe.frames if recipe is not None and spec.frames is None else spec.frames
     if frames is not None and frames < 1:
         raise UsageError(f"--frames must be a positive number of env frames, got {frames}")
@@ -188,7 +211,7 @@ def resolve(spec: RunSpec) -> Resolved:
     module = algorithm_module(spec.algorithm)
     changes: dict[str, Any] = dict(recipe.overrides) if recipe is not None else {}
     changes.update(parse_overrides(spec.algorithm, dict(spec.overrides)))
-    changes.update(device=spec.device, seed=spec.seed)
+    changes.update(device=spec.device, seed=spec.seed, compile=spec.compile)
     if frames is not None:
         changes["frames"] = frames
     if spec.num_envs is not None:
@@ -215,6 +238,9 @@ def parse_overrides(algorithm: str,
              else (_split(item, algorithm, fields) for item in overrides))
     out: dict[str, Any] = {}
     for name, value in pairs:
+        if name in _FIXED:
+            raise UsageError(f"{name} is an axis of the run, not a Config override "
+                             f"({name}={format_value(value)}): give it with {_FIXED[name]}")
         if name not in fields:
             raise UsageError(f"bad override {name}={format_value(value)!s} for {algorithm}: "
                              f"expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
@@ -224,6 +250,8 @@ def parse_overrides(algorithm: str,
 
 def _split(item: str, algorithm: str, fields) -> tuple[str, str]:
     name, sep, text = str(item).partition("=")
+    if sep and name in _FIXED:
+        return name, text  # parse_overrides names the option that sets it
     if not sep or name not in fields:
         raise UsageError(f"bad override {item!r} for {algorithm}: expected FIELD=VALUE with "
                          f"FIELD one of {', '.join(fields)}")
@@ -372,9 +400,14 @@ def summary(records: pd.DataFrame, config) -> str:
               f"frames) to the solved return {get('threshold', '{:g}')}"
               if "time_to_threshold_s" in values else
               f"not reached ({get('threshold', '{:g}')})" if "threshold" in values else "n/a")
-    impl = records["impl"].iloc[0]
+    first = records.iloc[0]
+    tags = [t for t, plain in ((first["impl"], "rlgauge"), (first["compile"], "eager"))
+            if t != plain]
+    extra = f" ({', '.join(tags)})" if tags else ""
+    steady = (f", {get('steady_fps', '{:,.0f}')} steady (after the compiling warm-up)"
+              if "steady_fps" in values and first["compile"] != "eager" else "")
     lines = [
-        f"{records['algorithm'].iloc[0]}{'' if impl == 'rlgauge' else f' ({impl})'} on "
+        f"{first['algorithm']}{extra} on "
         f"{config.backend}/{config.task}, {config.device}, "
         f"{config.num_envs} env(s), seed {config.seed}",
         f"  frames          {int(curve['frames'].max()) if len(curve) else config.frames:,}",
@@ -383,7 +416,9 @@ def summary(records: pd.DataFrame, config) -> str:
         f"  solved          {solved}",
         f"  wall time       {get('wall_time_s')} s: {share}",
         f"  frames/s        {get('collect_fps', '{:,.0f}')} collecting, "
-        f"{get('train_fps', '{:,.0f}')} overall",
+        f"{get('train_fps', '{:,.0f}')} overall{steady}",
+        *([f"  compile time    {get('compile_time_s')} s (the warm-up calls that compile; "
+           f"{first['compile']})"] if first["compile"] != "eager" else []),
         f"  peak memory     {get('peak_rss_mb', '{:,.0f}')} MB RSS"
         + (f", {get('cuda_peak_mb', '{:,.0f}')} MB on the GPU" if "cuda_peak_mb" in values
            else ""),

@@ -38,24 +38,33 @@ def synchronize(device) -> None:
 
 
 class Sections:
-    """Accumulated seconds per named section; ``with s("update"): ...`` adds to one."""
+    """Accumulated seconds per named section; ``with s("update"): ...`` adds to one. Sections
+    nest (a ``policy`` inside a ``collect``); ``exclude(seconds)`` takes time spent on something
+    else -- compiling -- out of every section open at the moment."""
 
     def __init__(self, device="cpu"):
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
         self._sync = str(device).startswith("cuda")
+        self._open: list[str] = []
 
     @contextmanager
     def __call__(self, name: str):
         if self._sync:
             synchronize(self.device)
         t0 = time.perf_counter()
+        self._open.append(name)
         try:
             yield
         finally:
+            self._open.pop()
             if self._sync:
                 synchronize(self.device)
             self.seconds[name] += time.perf_counter() - t0
+
+    def exclude(self, seconds: float) -> None:
+        for name in self._open:
+            self.seconds[name] -= seconds
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] += seconds

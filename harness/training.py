@@ -39,6 +39,25 @@ from harness.timing import Sections
 
 Progress = Callable[[int, int, Mapping[str, float]], None]
 
+#: ``BaseConfig.compile``'s values: the compile axis
+COMPILE_MODES = ("eager", "compile", "compile+cudagraphs")
+
+
+def check_compile(mode: str, impl: str = "rlgauge", device: str = "cpu") -> None:
+    """UsageError, naming the value and what is valid, when a run of ``impl`` on ``device``
+    cannot use compile mode ``mode``: an unknown mode, a peer's run in any mode but eager (its
+    library runs as it is), ``compile+cudagraphs`` off CUDA (CUDA graphs)."""
+    from harness.devices import is_cuda
+
+    if mode not in COMPILE_MODES:
+        raise UsageError(f"unknown compile mode {mode!r}; valid: {', '.join(COMPILE_MODES)}")
+    if impl != "rlgauge" and mode != "eager":
+        raise UsageError(f"impl {impl} runs eager only, not compile mode {mode!r} (the compile "
+                         f"modes are rlgauge's); valid for {impl}: eager")
+    if mode == "compile+cudagraphs" and not is_cuda(device):
+        raise UsageError(f"compile mode 'compile+cudagraphs' needs a CUDA device (CUDA "
+                         f"graphs), not {device!r}; valid there: eager, compile")
+
 
 @dataclass(frozen=True)
 class BaseConfig:
@@ -58,6 +77,16 @@ class BaseConfig:
     """Total env frames (steps summed over the batch) to collect: the training budget."""
     seed: int = 0
     """Seeds torch, the envs and the collector; same seed + config on CPU -> same returns."""
+    fused_adam: bool = True
+    """Adam's fused kernel (``fused=True``: one kernel over all parameters), not torch's default
+    multi-tensor (``foreach``) implementation: the same update up to rounding, ~0.25 ms less per
+    CPU gradient step here (``harness.training.adam``)."""
+    compile: str = "eager"
+    """How the update step and the collection policy run (``COMPILE_MODES``): ``eager``;
+    ``compile``: ``torch.compile`` of both, as torchrl's sota-implementations do (the first
+    calls compile: ``compile_time_s``, kept out of ``steady_fps``); ``compile+cudagraphs``
+    (CUDA devices only): those compiled functions captured in CUDA graphs by tensordict's
+    ``CudaGraphModule``."""
 
     #: settings that differ from the defaults per (backend, task): each algorithm's own
     PRESETS: ClassVar[dict[tuple[str, str], dict]] = {}
@@ -68,6 +97,7 @@ class BaseConfig:
         from harness.devices import canonical
 
         object.__setattr__(self, "device", canonical(self.device))
+        check_compile(self.compile, device=self.device)
         for name, valid in self.CHOICES.items():
             if getattr(self, name) not in valid:
                 raise UsageError(f"{name} must be one of {', '.join(valid)}; "
@@ -86,7 +116,8 @@ class BaseConfig:
     def context(self, algorithm: str) -> dict:
         """The results columns shared by every record of this run."""
         return dict(algorithm=algorithm, backend=self.backend, task=self.task,
-                    device=self.device, num_envs=self.num_envs, seed=self.seed)
+                    device=self.device, num_envs=self.num_envs, seed=self.seed,
+                    compile=self.compile)
 
 
 @dataclass
@@ -146,20 +177,34 @@ class Run:
         self.log = TrainLog()
         self.frames = 0
         self.clock: Clock | None = None
+        self.compile_clock = CompileClock(self.device, self.sections)
+
+    def compile(self, fn, name: str):
+        """``fn`` (an update step: a function of tensordicts returning one; or a policy module)
+        as ``config.compile`` runs it (``compiled``), its compile time charged to the run's
+        ``compile_time_s``."""
+        return compiled(fn, self.config.compile, self.compile_clock, name=name)
 
     def collector(self, env, policy, **options):
         """torchrl's ``Collector`` of ``config.frames_per_batch``-frame batches over the budget,
-        with ``policy``'s forward passes charged to the ``policy`` section (``options``: more
-        ``Collector`` arguments, e.g. ``init_random_frames``). Training starts here: the log's
-        ``elapsed_s`` and the wall clock count from now."""
+        with ``policy`` run as ``config.compile`` says (``compile``) and its forward passes
+        charged to the ``policy`` section (``options``: more ``Collector`` arguments, e.g.
+        ``init_random_frames``, ``track_traj_ids=True`` for an algorithm that reads the
+        collector's trajectory ids: off by default, they cost ~5% of CartPole's collection).
+        Training starts here: the log's ``elapsed_s`` and the wall clock count from now."""
         from torchrl.collectors import Collector
 
-        collector = Collector(env, TimedPolicy(policy, self.sections),
-                              frames_per_batch=self.config.frames_per_batch,
-                              total_frames=self.budget, device=self.device,
-                              auto_register_policy_transforms=False, **options)
+        options = {"track_traj_ids": False, **options}
+        # the clock starts before the Collector: building it runs the policy once (a compiled
+        # policy compiles there), and that is part of the run
         self.log.t0 = time.perf_counter()
         self.clock = Clock(self.device)
+        collector = Collector(env, TimedPolicy(self.compile(policy, "policy"), self.sections,
+                                               in_keys=policy.in_keys, out_keys=policy.out_keys),
+                              frames_per_batch=self.config.frames_per_batch,
+                              total_frames=self.budget, device=self.device,
+                              auto_register_policy_transforms=False, trust_policy=True,
+                              **options)
         return collector
 
     def collect(self, collector, **options):
@@ -178,7 +223,7 @@ class Run:
         the wall-time split and throughput recorded (``timing_records``)."""
         wall = self.clock.elapsed()
         close_run(collector, *envs)
-        timing_records(self.log, self.sections, self.frames, wall)
+        timing_records(self.log, self.sections, self.frames, wall, self.compile_clock.seconds)
 
     def evaluate(self, make_env, policy, *, prepare=None, stepwise: bool = False) -> None:
         """``final_return``: mean return of ``config.eval_episodes`` deterministic-policy
@@ -216,14 +261,15 @@ class Run:
 
 
 class TimedPolicy(TensorDictModuleBase):
-    """``policy`` with its forward time charged to ``sections['policy']`` (device-synchronised)."""
+    """``policy`` with its forward time charged to ``sections['policy']`` (device-synchronised);
+    ``in_keys``/``out_keys`` default to the policy's (give them for a compiled policy)."""
 
-    def __init__(self, policy, sections: Sections):
+    def __init__(self, policy, sections: Sections, *, in_keys=None, out_keys=None):
         super().__init__()
         self.policy = policy
         self.sections = sections
-        self.in_keys = list(policy.in_keys)
-        self.out_keys = list(policy.out_keys)
+        self.in_keys = list(policy.in_keys if in_keys is None else in_keys)
+        self.out_keys = list(policy.out_keys if out_keys is None else out_keys)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         with self.sections("policy"):
@@ -290,8 +336,85 @@ class LossMeans:
         self.sums, self.steps = {}, 0
 
 
-def timing_records(log: TrainLog, sections: Sections, frames: int, wall: float) -> None:
-    """End-of-run wall-time split and throughput, in the units the tables use."""
+class CompileClock:
+    """Seconds a run spends compiling: each call of a ``compiled`` function during which
+    ``torch.compile`` made a new graph (the first call, and any recompile: dynamo's
+    ``unique_graphs`` count grew), and a CUDA-graph module's warm-up and capture calls, are
+    charged here whole (the step it also ran is ~1 ms of seconds) and taken out of the
+    ``sections`` open at the time, so that the env / policy / update split is steady time."""
+
+    def __init__(self, device="cpu", sections: Sections | None = None):
+        self.device = device
+        self.sections = sections
+        self.seconds = 0.0
+
+    @staticmethod
+    def graphs() -> int:
+        from torch._dynamo.utils import counters
+
+        return counters["stats"]["unique_graphs"]
+
+    def call(self, fn, args, kwargs, *, capture: bool = False):
+        """``fn(*args, **kwargs)``, its time charged if it compiled (or ``capture``)."""
+        before = self.graphs()
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if capture or self.graphs() != before:
+            synchronize(self.device)
+            seconds = time.perf_counter() - t0
+            self.seconds += seconds
+            if self.sections is not None:
+                self.sections.exclude(seconds)
+        return out
+
+
+def compiled(fn, mode: str, clock: CompileClock, *, name: str = "fn", warmup: int = 2):
+    """``fn`` -- an update step (a function of tensordicts returning a tensordict) or a policy
+    (a ``TensorDictModuleBase``) -- run as ``mode`` (``COMPILE_MODES``) says:
+
+    - ``eager``: ``fn`` itself;
+    - ``compile``: ``torch.compile(fn)`` (default mode, as torchrl's sota-implementations
+      compile their update and policy), every call that compiles charged to ``clock``;
+    - ``compile+cudagraphs``: that compiled function captured in a CUDA graph by tensordict's
+      ``CudaGraphModule`` (the sota-implementations' ``cudagraphs`` switch), which runs its first
+      ``warmup`` calls as they are and captures at the next: those calls are charged too.
+
+    A compiled update step must keep its inputs' structure from call to call (a CUDA graph
+    replays on the same buffers) and return detached tensors.
+    """
+    if mode == "eager":
+        return fn
+    import torch
+
+    graph = None
+    fn_compiled = torch.compile(fn)
+    if mode == "compile+cudagraphs":
+        from tensordict.nn import CudaGraphModule
+
+        if isinstance(fn, TensorDictModuleBase):
+            graph = CudaGraphModule(fn_compiled, warmup=warmup, in_keys=list(fn.in_keys),
+                                    out_keys=list(fn.out_keys))
+        else:
+            graph = CudaGraphModule(fn_compiled, warmup=warmup, in_keys=[], out_keys=[])
+    target = graph if graph is not None else fn_compiled
+    calls = 0
+
+    def run(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return clock.call(target, args, kwargs, capture=graph is not None and calls <= warmup + 1)
+
+    run.__name__ = f"{mode}({name})"
+    return run
+
+
+def timing_records(log: TrainLog, sections: Sections, frames: int, wall: float,
+                   compile_seconds: float = 0.0) -> None:
+    """End-of-run wall-time split and throughput, in the units the tables use: the env /
+    policy / update seconds and ``steady_fps`` leave the compile time out (LeanRL's practice:
+    speed after the warm-up), ``wall_time_s`` and ``train_fps`` do not; ``compile_time_s`` is
+    that time."""
     env = sections.seconds.get("collect", 0.0) - sections.seconds.get("policy", 0.0)
     log.scalar("env_time_s", max(env, 0.0), "s")
     log.scalar("policy_time_s", sections.seconds.get("policy", 0.0), "s")
@@ -300,6 +423,9 @@ def timing_records(log: TrainLog, sections: Sections, frames: int, wall: float) 
     collect = sections.seconds.get("collect", 0.0)
     log.scalar("collect_fps", frames / collect if collect else math.nan, "frames/s")
     log.scalar("train_fps", frames / wall if wall else math.nan, "frames/s")
+    log.scalar("compile_time_s", compile_seconds, "s")
+    steady = wall - compile_seconds
+    log.scalar("steady_fps", frames / steady if steady > 0 else math.nan, "frames/s")
 
 
 class EpisodeReturns:
@@ -428,6 +554,41 @@ def close_run(collector, *envs) -> None:
         if not getattr(env, "is_closed", True):
             env.close()
     torch.set_num_threads(threads)
+
+
+def gradient_step(loss_module, optimizers, batch: TensorDictBase,
+                  max_grad_norm: float | None = None) -> TensorDictBase:
+    """One gradient step of every reference algorithm: ``loss_module(batch)``, the sum of its
+    ``loss*`` entries backpropagated, the gradient norm over ``loss_module``'s parameters
+    clipped to ``max_grad_norm`` (None: not clipped), then each of ``optimizers`` (one or a
+    sequence) steps and drops its gradients; returns the losses, detached.
+
+    Schedules and target-network updates stay with the caller, outside: this is the function
+    the compile axis compiles (``Run.compile``), and it must not change from call to call."""
+    import torch
+
+    losses = loss_module(batch)
+    loss = sum(losses[key] for key in losses.keys() if key.startswith("loss"))
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(loss_module.parameters(), max_grad_norm)
+    for optimizer in optimizers if isinstance(optimizers, (list, tuple)) else (optimizers,):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return losses.detach()
+
+
+def adam(params, lr: float, config: BaseConfig, **options):
+    """``torch.optim.Adam`` over ``params`` for a run of ``config``: the fused kernel unless
+    ``config.fused_adam`` is False (torch's multi-tensor default), capturable under CUDA graphs,
+    and the learning rate a tensor where the implementation takes one (fused or capturable), so
+    that a schedule changes it in place and a compiled step never recompiles for a new value."""
+    capturable = config.compile == "compile+cudagraphs"
+    fused = config.fused_adam
+    if fused or capturable:
+        lr = torch.tensor(lr, device=torch.device(config.device))
+    return torch.optim.Adam(params, lr=lr, fused=fused or None, capturable=capturable,
+                            **options)
 
 
 # --------------------------------------------------------------------------- env facts

@@ -21,6 +21,7 @@ initialisation (as Stable-Baselines3), equal learning rates for actor and critic
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -205,10 +206,15 @@ def train(config: Config, progress: training.Progress | None = None) -> training
     policy, noise = make_exploration(config, env, actor)
     loss_module = make_loss(config, actor, critic)
     target_updater = SoftUpdate(loss_module, tau=config.tau)
-    actor_optim = torch.optim.Adam(
-        list(loss_module.actor_network_params.flatten_keys().values()), lr=config.actor_lr)
-    critic_optim = torch.optim.Adam(
-        list(loss_module.value_network_params.flatten_keys().values()), lr=config.critic_lr)
+    actor_optim = training.adam(
+        list(loss_module.actor_network_params.flatten_keys().values()), config.actor_lr, config)
+    critic_optim = training.adam(
+        list(loss_module.value_network_params.flatten_keys().values()), config.critic_lr,
+        config)
+    # --- one gradient step: loss_actor reads Q through detached critic parameters and
+    # loss_value trains the critic only, so one backward pass fills both optimisers' grads
+    step = run.compile(functools.partial(training.gradient_step, loss_module,
+                                         [critic_optim, actor_optim]), "update")
     buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=run.device),
                           batch_size=config.batch_size)
     per = config.frames_per_batch
@@ -224,16 +230,8 @@ def train(config: Config, progress: training.Progress | None = None) -> training
             if frames > warmup:
                 noise.step(batch.numel())
                 for _ in range(max(round(batch.numel() * config.updates_per_frame), 1)):
-                    losses = loss_module(buffer.sample())
-                    actor_optim.zero_grad(set_to_none=True)
-                    critic_optim.zero_grad(set_to_none=True)
-                    # loss_actor reads Q through detached critic parameters and loss_value
-                    # trains the critic only: one backward pass fills both optimisers' grads
-                    (losses["loss_actor"] + losses["loss_value"]).backward()
-                    critic_optim.step()
-                    actor_optim.step()
+                    means.add(step(buffer.sample()))
                     target_updater.step()
-                    means.add(losses)
             if means.steps and (frames % config.log_interval < batch.numel()
                                 or frames >= run.budget):
                 means.record(run.log, frames)

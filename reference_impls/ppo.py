@@ -2,9 +2,18 @@
 
 Discrete actions use a Categorical policy, continuous ones a TanhNormal policy whose mean and
 scale come from the network (``NormalParamExtractor``). Advantages are GAE (Schulman et al.,
-2016), recomputed before every epoch with the current critic; the critic regresses on the GAE
-value target. Everything is torchrl: ``Collector`` -> ``GAE`` -> ``ClipPPOLoss`` over minibatches
-drawn without replacement from a ``ReplayBuffer``. ``Config.advantage = "rlgauge"`` swaps
+2016), computed once per collected batch as the paper's algorithm, SB3 and CleanRL do
+(``advantage_every_epoch``: before every epoch with the current critic, as torchrl's PPO
+tutorial does); the critic regresses on the GAE value target. Everything is torchrl:
+``Collector`` -> ``GAE`` -> ``ClipPPOLoss`` over minibatches drawn without replacement from a
+``ReplayBuffer`` that holds only what the loss reads.
+
+Speed (issue 17; ``python -m harness.costs ppo`` measures each step against SB3's PPO): the
+defaults remove what is not torchrl's cost -- GAE and the buffer's copy once per batch, not per
+epoch; ``ClipPPOLoss(functional=False)`` (``functional_loss``); Adam's fused kernel
+(``fused_adam``) -- and ``compile`` runs the update step and the policy under
+``torch.compile``. ``advantage_every_epoch=True, functional_loss=True, fused_adam=False`` is the
+tutorial's loop (the ``tutorial-ppo`` recipe sets them). ``Config.advantage = "rlgauge"`` swaps
 torchrl's ``GAE`` for ``harness.gae_estimator.KernelGAE`` (same module, rlgauge's fused GAE
 kernel for the recursion; same advantages).
 
@@ -68,6 +77,14 @@ class Config(training.BaseConfig):
     ``CosineAnnealingLR(T_max=batches)``), or ``constant``."""
     anneal_clip: bool = True
     """With ``anneal_lr``: anneal the clip range linearly to 0 too (RL Zoo's ``lin_0.2``)."""
+    advantage_every_epoch: bool = False
+    """Recompute GAE with the current critic before every epoch (torchrl's PPO tutorial), not
+    once per collected batch (the PPO paper's algorithm, SB3, CleanRL). Once per batch also
+    stores the batch in the minibatch buffer once, not every epoch."""
+    functional_loss: bool = False
+    """Build ``ClipPPOLoss`` with ``functional=True`` (torchrl's default: it holds the networks'
+    parameters as functional copies and calls the modules with them), not ``False`` (it calls
+    the modules as they are; the same parameters and gradients, ~0.2 ms less per step)."""
     gamma: float = 0.98
     """Discount factor."""
     lmbda: float = 0.8
@@ -183,7 +200,8 @@ def make_loss(config: Config, actor, critic):
     loss = ClipPPOLoss(actor, critic, clip_epsilon=config.clip_epsilon,
                        entropy_bonus=config.entropy_coeff > 0,
                        entropy_coeff=config.entropy_coeff, critic_coeff=config.critic_coeff,
-                       loss_critic_type=config.critic_loss, normalize_advantage=True)
+                       loss_critic_type=config.critic_loss, normalize_advantage=True,
+                       functional=config.functional_loss)
     if config.advantage == "rlgauge":
         use_kernel_gae(loss, gamma=config.gamma, lmbda=config.lmbda)
     else:
@@ -209,7 +227,7 @@ class Schedules:
     """PPO's two schedules over the budget, side by side (both off without ``anneal_lr``):
 
     - ``lr``: the learning rate, torch's ``LambdaLR`` over ``lr_factor`` (``lr_schedule``),
-      stepped after every gradient step (``update_step``);
+      stepped by the training loop after every gradient step;
     - ``clip(loss_module, frames_done)``: the clip range, set before each batch's update:
       linear to 0 over the budget (floored at 1e-3 of ``clip_epsilon``) with ``anneal_clip``
       (RL Zoo's ``lin_0.2``), from the frames collected before the batch.
@@ -231,25 +249,19 @@ class Schedules:
 
 # --------------------------------------------------------------------------- training
 
+
+def loss_keys(loss_module: ClipPPOLoss, batch: TensorDictBase) -> list:
+    """The entries of ``batch`` (after GAE) that ``loss_module`` reads: storing only these in
+    the minibatch buffer leaves the next observations, rewards, dones and collector entries out
+    of every copy into and out of it (``in_keys`` lists the ``"next"`` ones for the GAE the loss
+    runs when it finds no advantage; here it always finds one)."""
+    wanted = {k for k in loss_module.in_keys if not (isinstance(k, tuple) and k[0] == "next")}
+    wanted |= {loss_module.tensor_keys.advantage, loss_module.tensor_keys.value_target}
+    present = set(batch.keys(include_nested=True, leaves_only=True))
+    return sorted((k for k in wanted if k in present), key=str)
+
 #: the losses recorded (their mean over each batch's gradient steps)
 LOSS_KEYS = ("loss_objective", "loss_critic", "loss_entropy")
-
-
-def update_step(loss_module, optimizer, scheduler, minibatch, max_grad_norm: float
-                ) -> TensorDictBase:
-    """One clipped-PPO gradient step on ``minibatch`` (objective + critic [+ entropy] losses,
-    gradient-norm clip, optimiser and scheduler steps); returns the losses.
-    ``reference_impls.recurrent_ppo`` takes the same step on chunks."""
-    losses = loss_module(minibatch)
-    loss = losses["loss_objective"] + losses["loss_critic"]
-    if "loss_entropy" in losses.keys():
-        loss = loss + losses["loss_entropy"]
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(loss_module.parameters(), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    return losses
 
 
 def train(config: Config, progress: training.Progress | None = None) -> training.TrainResult:
@@ -258,11 +270,15 @@ def train(config: Config, progress: training.Progress | None = None) -> training
     env = make_env(config)
     actor, critic = make_modules(config, env)
     loss_module = make_loss(config, actor, critic)
-    optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
+    optimizer = training.adam(loss_module.parameters(), config.lr, config)
     minibatches = max(config.frames_per_batch // config.minibatch_size, 1)
     schedules = Schedules(config, optimizer, config.num_epochs * minibatches, run.budget)
     buffer = ReplayBuffer(storage=LazyTensorStorage(config.frames_per_batch, device=run.device),
                           sampler=SamplerWithoutReplacement(), batch_size=config.minibatch_size)
+    # --- one gradient step: objective + critic [+ entropy] losses, norm clip, Adam
+    step = run.compile(functools.partial(training.gradient_step, loss_module, optimizer,
+                                         max_grad_norm=config.max_grad_norm), "update")
+    keep = None  # what the loss reads from a stored frame (known after the first GAE)
     collector = run.collector(env, actor)
 
     # --- collect: a batch of frames_per_batch frames from the current policy
@@ -270,15 +286,17 @@ def train(config: Config, progress: training.Progress | None = None) -> training
         with run.sections("update"):
             schedules.clip(loss_module, frames - batch.numel())
             means = training.LossMeans(*LOSS_KEYS)
-            for _ in range(config.num_epochs):
-                # --- advantage: GAE with the current critic, before every epoch
-                with torch.no_grad():
-                    loss_module.value_estimator(batch)
+            for epoch in range(config.num_epochs):
+                # --- advantage: GAE with the current critic, once per batch (or every epoch)
+                if epoch == 0 or config.advantage_every_epoch:
+                    with torch.no_grad():
+                        loss_module.value_estimator(batch)
+                    keep = keep or loss_keys(loss_module, batch)
+                    buffer.extend(batch.reshape(-1).select(*keep))
                 # --- update: the batch in minibatches drawn without replacement
-                buffer.extend(batch.reshape(-1))
                 for _ in range(minibatches):
-                    means.add(update_step(loss_module, optimizer, schedules.lr, buffer.sample(),
-                                          config.max_grad_norm))
+                    means.add(step(buffer.sample()))
+                    schedules.lr.step()
             means.record(run.log, frames)
 
     # --- evaluate: the deterministic policy on envs normalised as in training

@@ -351,7 +351,7 @@ def train(config: Config, progress: training.Progress | None = None) -> training
     training.add_primers(env, qnet)
     loss_module = make_loss(config, loss_qnet, env)
     target_updater = make_target_updater(config, loss_module)
-    optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
+    optimizer = training.adam(loss_module.parameters(), config.lr, config)
     buffer = make_buffer(config)
     keep = transition_keys(config)
     exploration = EGreedyModule(
@@ -359,7 +359,9 @@ def train(config: Config, progress: training.Progress | None = None) -> training
         eps_end=config.eps_end,
         annealing_num_steps=max(int(config.exploration_fraction * run.budget), 1))
     policy = TensorDictSequential(qnet, exploration)
-    collector = run.collector(env, policy)
+    step = run.compile(functools.partial(training.gradient_step, loss_module, optimizer,
+                                         max_grad_norm=config.max_grad_norm), "update")
+    collector = run.collector(env, policy, track_traj_ids=True)  # slices end at a trajectory's
 
     # --- collect: frames_per_batch frames, ε-greedy, the LSTM's state stored at every step
     for frames, batch, _ in run.collect(collector, step_counter=config.step_counter,
@@ -378,13 +380,8 @@ def train(config: Config, progress: training.Progress | None = None) -> training
                     mask[:, :config.burn_in] &= sample["is_init"][:, :1, 0]
                     sample.set(("collector", "mask"), mask)
                 with set_recurrent_mode(True):
-                    losses = loss_module(sample)
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                nn.utils.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm)
-                optimizer.step()
+                    means.add(step(sample))
                 target_updater.step()
-                means.add(losses)
             means.record(run.log, frames)
 
     # --- evaluate: the greedy policy, rewards unscaled, observations normalised as in training

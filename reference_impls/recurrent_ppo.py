@@ -14,8 +14,8 @@ Sequences, end to end:
   states both had when it was collected;
 - advantages are GAE (Schulman et al., 2016) on the collected ``[num_envs, T]`` batch, with the
   critic run over each env's row at once (``set_recurrent_mode(True)``), computed once per batch
-  as ``RecurrentPPO`` does (``advantage_every_epoch``: before every epoch, as
-  ``reference_impls.ppo``). torchrl's GAE
+  as ``RecurrentPPO`` and ``reference_impls.ppo`` do (``advantage_every_epoch``: before every
+  epoch). torchrl's GAE
   evaluates V(s_t) and V(s_{t+1}) in two passes over the row, each starting from the stored
   state of its first step; the LSTM restarts at every ``"is_init"`` inside a row (for the
   next-step pass GAE copies the root ``"is_init"`` onto it), so the hidden state never leaks from
@@ -35,6 +35,7 @@ those of the collecting policy (an epoch does not refresh them).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar
@@ -56,7 +57,7 @@ from torchrl.modules import (
 from torchrl.objectives import ClipPPOLoss, ValueEstimators
 
 from harness import backends, training
-from reference_impls.ppo import LOSS_KEYS, LR_SCHEDULES, Schedules, update_step
+from reference_impls.ppo import LOSS_KEYS, LR_SCHEDULES, Schedules
 
 ALGORITHM = "recurrent_ppo"
 
@@ -89,8 +90,8 @@ class Config(training.BaseConfig):
     anneal_clip: bool = True
     """With ``anneal_lr``: anneal the clip range linearly to 0 too (RL Zoo's ``lin_0.2``)."""
     advantage_every_epoch: bool = False
-    """Recompute GAE with the current critic before every epoch (``reference_impls.ppo``), not
-    once per batch (``RecurrentPPO``)."""
+    """Recompute GAE with the current critic before every epoch (torchrl's PPO tutorial), not
+    once per batch (``RecurrentPPO``, ``reference_impls.ppo``)."""
     gamma: float = 0.98
     """Discount factor."""
     lmbda: float = 0.8
@@ -271,7 +272,7 @@ def train(config: Config, progress: training.Progress | None = None) -> training
     actor, critic, policy = make_modules(config, env)
     training.add_primers(env, policy)
     loss_module = make_loss(config, actor, critic)
-    optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr, eps=config.adam_eps)
+    optimizer = training.adam(loss_module.parameters(), config.lr, config, eps=config.adam_eps)
 
     steps = config.frames_per_batch // config.num_envs  # one row per env
     chunk_len = config.chunk_len or steps
@@ -285,6 +286,8 @@ def train(config: Config, progress: training.Progress | None = None) -> training
     # one buffer element = one chunk of consecutive steps
     buffer = ReplayBuffer(storage=LazyTensorStorage(num_chunks, device=run.device),
                           sampler=SamplerWithoutReplacement(), batch_size=chunks_per_minibatch)
+    step = run.compile(functools.partial(training.gradient_step, loss_module, optimizer,
+                                         max_grad_norm=config.max_grad_norm), "update")
     collector = run.collector(env, policy)
 
     # --- collect: a [num_envs, T] batch, the recurrent states of every step stored in it
@@ -297,11 +300,11 @@ def train(config: Config, progress: training.Progress | None = None) -> training
                 if epoch == 0 or config.advantage_every_epoch:
                     with torch.no_grad():
                         loss_module.value_estimator(batch)
+                    buffer.extend(batch.reshape(num_chunks, chunk_len))
                 # --- update: minibatches of chunks drawn without replacement
-                buffer.extend(batch.reshape(num_chunks, chunk_len))
                 for _ in range(minibatches):
-                    means.add(update_step(loss_module, optimizer, schedules.lr, buffer.sample(),
-                                          config.max_grad_norm))
+                    means.add(step(buffer.sample()))
+                    schedules.lr.step()
             means.record(run.log, frames)
 
     # --- evaluate: the deterministic policy, observations normalised by the frozen statistics

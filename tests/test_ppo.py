@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from tensordict import TensorDict
@@ -168,3 +169,67 @@ def test_ppo_rejects_unknown_advantage():
 
     with pytest.raises(UsageError, match="advantage must be one of torchrl, rlgauge; got 'vec'"):
         ppo.Config(advantage="vec")
+
+
+def _losses(config) -> pd.DataFrame:
+    records = ppo.train(config).records
+    return records[records["metric"].isin(["loss_objective", "loss_critic"])][
+        ["metric", "frames", "value"]].reset_index(drop=True)
+
+
+def test_ppo_gae_once_per_batch_equals_every_epoch_with_one_epoch():
+    """With one epoch both schedules compute GAE once per batch: the same run, to the bit; with
+    more epochs they differ (the critic moves between epochs)."""
+    base = dict(backend="gymnasium", task="cartpole", frames=768, num_envs=2,
+                frames_per_batch=256, minibatch_size=128, eval_episodes=0, seed=1)
+    once = _losses(ppo.Config(num_epochs=1, advantage_every_epoch=False, **base))
+    every = _losses(ppo.Config(num_epochs=1, advantage_every_epoch=True, **base))
+    assert len(once) == 6 and once.equals(every)
+    once3 = _losses(ppo.Config(num_epochs=3, advantage_every_epoch=False, **base))
+    every3 = _losses(ppo.Config(num_epochs=3, advantage_every_epoch=True, **base))
+    assert not once3["value"].equals(every3["value"])
+
+
+def test_ppo_computes_gae_once_per_batch_unless_asked_every_epoch(monkeypatch):
+    from torchrl.objectives.value import GAE
+
+    calls = []
+    forward = GAE.forward
+    monkeypatch.setattr(GAE, "forward", lambda self, *a, **k: calls.append(1) or forward(
+        self, *a, **k))
+    base = dict(backend="probe", task="constant-terminated", num_envs=8, frames=512,
+                frames_per_batch=256, num_epochs=3, minibatch_size=128, eval_episodes=0)
+    ppo.train(ppo.Config(**base))
+    assert len(calls) == 2  # 2 batches
+    calls.clear()
+    ppo.train(ppo.Config(advantage_every_epoch=True, **base))
+    assert len(calls) == 6  # 2 batches x 3 epochs
+
+
+def test_ppo_functional_loss_is_the_same_training():
+    """``functional_loss`` only changes how ClipPPOLoss calls the networks: same losses."""
+    base = dict(backend="gymnasium", task="cartpole", frames=768, num_envs=2,
+                frames_per_batch=256, minibatch_size=128, num_epochs=2, eval_episodes=0)
+    direct = _losses(ppo.Config(functional_loss=False, **base))
+    functional = _losses(ppo.Config(functional_loss=True, **base))
+    assert len(direct) == 6
+    torch.testing.assert_close(torch.tensor(direct["value"].to_numpy()),
+                               torch.tensor(functional["value"].to_numpy()), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_ppo_buffer_keeps_only_what_the_loss_reads():
+    config = ppo.Config(backend="probe", task="constant-terminated", num_envs=4, frames=128,
+                        frames_per_batch=64, eval_episodes=0)
+    env = ppo.make_env(config)
+    actor, critic = ppo.make_modules(config, env)
+    loss = ppo.make_loss(config, actor, critic)
+    with torch.no_grad():
+        batch = env.rollout(16, actor, break_when_any_done=False)
+        loss.value_estimator(batch)
+    keys = {k if isinstance(k, str) else tuple(k) for k in ppo.loss_keys(loss, batch)}
+    assert {"observation", "action", "action_log_prob", "advantage", "value_target"} <= keys
+    assert not any(isinstance(k, tuple) and k[0] == "next" for k in keys)
+    # the loss runs on exactly those entries
+    losses = loss(batch.reshape(-1).select(*ppo.loss_keys(loss, batch)))
+    assert torch.isfinite(losses["loss_objective"])
