@@ -10,6 +10,7 @@ Running things
   collection generator, evaluation)
 - ``recipes``     -- torchrl's tutorial pipelines as named configurations, with their criteria
 - ``peers``       -- the same runs by Stable-Baselines3 / sb3-contrib (the ``impl`` axis)
+- ``costs``       -- ``python -m harness.costs``: an algorithm's cost ladder against SB3's
 - ``learning``    -- published-threshold checks (``nox -s learning``), through the matrix
 - ``matrix`` (+ ``matrix_ray``) -- grids of runs in isolated worker processes, resumable
 

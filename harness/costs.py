@@ -155,7 +155,8 @@ def ladder_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def floors_table(table: pd.DataFrame, frames: int) -> pd.DataFrame:
-    """Microseconds per env frame of each phase: rlgauge's defaults (eager) beside SB3."""
+    """Microseconds per env frame of each phase: the last eager rlgauge row (the defaults;
+    DQN's adds fused Adam to them) beside SB3."""
     eager = table[(table["impl"] == "rlgauge") & (table["compile"] == "eager")].iloc[-1]
     sb3 = table[table["impl"] == "sb3"]
     rows = []
@@ -197,7 +198,8 @@ def markdown(table: pd.DataFrame, algorithm: str, task: str, frames: int, comman
         "",
         ladder_table(table).to_markdown(index=False),
         "",
-        "What is left (rlgauge's defaults, eager, against SB3; microseconds per env frame):",
+        "What is left (the last eager rlgauge row above -- the defaults; for DQN the defaults "
+        "plus fused Adam -- against SB3; microseconds per env frame):",
         "",
         floors_table(table, frames).to_markdown(index=False),
         "",
