@@ -108,6 +108,16 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def kernels(session: nox.Session) -> None:
+    """The Triton GAE / TD(λ) kernel's tests (marker triton) under Triton's interpreter on CPU
+    tensors (no GPU needed); its own session because triton installs ~1 GB. `-- ARGS` are added
+    to pytest's."""
+    install(session, "test", "kernels")
+    session.run("pytest", "-m", "triton", "--benchmark-disable", "-q", "-p", "no:cacheprovider",
+                *session.posargs, env={"TRITON_INTERPRET": "1"})
+
+
+@nox.session(python=PYTHON, default=False)
 def learning(session: nox.Session) -> None:
     """Slow published-threshold learning tests, rlgauge and SB3, 3 seeds; results/learning/."""
     install(session, "test", "peers")

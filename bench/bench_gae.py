@@ -9,7 +9,8 @@ are drawn on the CPU and moved to the device, so every device sees the same numb
   ``calls_per_sample`` calls for rlgauge's and the floor: see ``_per_call_clock``).
   ``impl``: torchrl's ``generalized_advantage_estimate`` / ``td_lambda_return_estimate``
   (``torchrl_loop``), their ``vec_*`` twins (``torchrl_vec``), and ``harness.estimators.gae`` /
-  ``td_lambda_return`` (``rlgauge``: the fused C++ pass on CPU, the parallel scan on CUDA).
+  ``td_lambda_return`` (``rlgauge``: the fused C++ pass on CPU, the Triton kernel on CUDA where
+  triton is installed, else the parallel scan).
 - ``track_max_abs_error``: max |result - oracle| against ``harness.estimators``' float64
   oracle, over the first ``min(B, ORACLE_ROWS)`` batch rows (the oracle is O(T²); rows are
   independent, so a row subset of the full-batch call is a fair sample). Unit "abs err".
@@ -29,9 +30,10 @@ are drawn on the CPU and moved to the device, so every device sees the same numb
   ``no_grad``: critic on s and s', then GAE) with torchrl's ``GAE`` and with ``KernelGAE``, on
   the reference PPO's CartPole modules.
 
-``python -m bench.bench_gae [--out results/bench/gae.md]`` measures all of it interleaved in one
-process (every kernel beside its floor in the same round; medians over rounds) and prints the
-Markdown table kept in ``results/bench/gae.md``.
+``python -m bench.bench_gae [--device cuda] [--out results/bench/gae.md]`` measures all of it
+interleaved in one process (every kernel beside its floor in the same round, on the device,
+synchronised inside the timer; medians over rounds) and prints the Markdown table kept in
+``results/bench/gae.md`` (CPU).
 """
 
 from __future__ import annotations
@@ -343,31 +345,40 @@ class PPOAdvantage(RLBenchmark):
 # --------------------------------------------------------------------------- one-process table
 
 
-def measure_table(shapes=SHAPES, impls=IMPLS, rounds: int = 7, budget_s: float = 0.05) -> list:
+def measure_table(shapes=SHAPES, impls=IMPLS, rounds: int = 7, budget_s: float = 0.05,
+                  device="cpu") -> list:
     """Rows (kernel, impl, shape, median seconds, median ratio to the floor, max abs error).
 
     Every kernel and its floor are timed in the same round, rounds interleave all cases, and
-    the ratio is taken per round before the median: the machine's drift cancels out.
+    the ratio is taken per round before the median: the machine's drift cancels out. On CUDA
+    the inputs, the floor's buffers and the calls are on the device, and the device is
+    synchronised inside the timer (``measure(device=...)``), after each sample's calls.
     """
     import statistics
     import time
 
     import torch
 
+    from harness.devices import check_device, synchronize
     from harness.timing import measure
 
     torch.set_num_threads(1)
+    device = check_device(device)
     cases = []
     for shape in shapes:
-        data = make_inputs(shape, "cpu")
+        data = make_inputs(shape, device)
         for kernel in ("gae", "td_lambda"):
-            src = torch.ones(footprint_bytes(kernel, data) // 2, dtype=torch.uint8)
+            src = torch.ones(footprint_bytes(kernel, data) // 2, dtype=torch.uint8,
+                             device=device)
             dst = torch.empty_like(src)
             floor = lambda dst=dst, src=src: dst.copy_(src)  # noqa: E731
             for impl in impls:
                 call = make_call(kernel, impl, data)
+                call()  # warm-up (on CUDA: Triton's compile, the allocator) before the estimate
+                synchronize(device)
                 t0 = time.perf_counter()
                 result = call()
+                synchronize(device)
                 once = time.perf_counter() - t0
                 number = max(1, int(budget_s / max(once, 1e-7) / 3))
                 cases.append(dict(kernel=kernel, impl=impl, shape=shape, call=call, floor=floor,
@@ -375,16 +386,18 @@ def measure_table(shapes=SHAPES, impls=IMPLS, rounds: int = 7, budget_s: float =
                                   times=[], ratios=[]))
     for _ in range(rounds):
         for c in cases:
-            f = measure(c["floor"], repeat=3, number=max(c["number"], 1), warmup=1).median
-            k = measure(c["call"], repeat=3, number=c["number"], warmup=1).median
+            f = measure(c["floor"], repeat=3, number=max(c["number"], 1), warmup=1,
+                        device=device).median
+            k = measure(c["call"], repeat=3, number=c["number"], warmup=1, device=device).median
             c["times"].append(k)
             c["ratios"].append(k / f)
     return [(c["kernel"], c["impl"], c["shape"], statistics.median(c["times"]),
              statistics.median(c["ratios"]), c["error"]) for c in cases]
 
 
-def measure_ppo(shapes=PPO_SHAPES, rounds: int = 7) -> list:
-    """Rows (shape, torchrl seconds, rlgauge seconds): PPO's advantage step, interleaved."""
+def measure_ppo(shapes=PPO_SHAPES, rounds: int = 7, device="cpu") -> list:
+    """Rows (shape, torchrl seconds, rlgauge seconds): PPO's advantage step, interleaved
+    (device synchronised inside the timer)."""
     import statistics
 
     import torch
@@ -394,7 +407,8 @@ def measure_ppo(shapes=PPO_SHAPES, rounds: int = 7) -> list:
     torch.set_num_threads(1)
     rows = []
     for shape in shapes:
-        steps = {name: make_ppo_advantage(name, shape, "cpu") for name in ("torchrl", "rlgauge")}
+        steps = {name: make_ppo_advantage(name, shape, device)
+                 for name in ("torchrl", "rlgauge")}
 
         def step(est, batch):
             with torch.no_grad():
@@ -404,7 +418,7 @@ def measure_ppo(shapes=PPO_SHAPES, rounds: int = 7) -> list:
         for _ in range(rounds):
             for name, (est, batch) in steps.items():
                 times[name].append(measure(lambda e=est, b=batch: step(e, b), repeat=3,
-                                           number=5, warmup=1).median)
+                                           number=5, warmup=1, device=device).median)
         rows.append((shape, statistics.median(times["torchrl"]),
                      statistics.median(times["rlgauge"])))
     return rows
@@ -425,19 +439,34 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the Markdown table here too")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (rlgauge: the native kernel) or cuda (rlgauge: the Triton "
+                             "kernel where triton imports, else the scan); the same table")
     args = parser.parse_args(argv)
-    native = gae_native.status()
+    from harness import estimators
+
+    on_cuda = args.device.startswith("cuda")
+    if on_cuda:
+        kernel_line = (f"Kernel on {args.device}: "
+                       + (f"Triton ({estimators.triton_status()})"
+                          if estimators.triton_available()
+                          else f"the torch scan ({estimators.triton_status()})")
+                       + f"; {torch.cuda.get_device_name(args.device)}.")
+    else:
+        native = gae_native.status()
+        kernel_line = (f"Native kernel: {native.detail}; compile {native.build_seconds} s when "
+                       f"built; this process loaded it in {native.load_seconds:.3f} s.")
     lines = [f"# bench_gae: one process, interleaved ({platform.node()}, torch {torch.__version__},"
-             f" threads=1, {args.rounds} rounds, medians)", "",
-             f"Native kernel: {native.detail}; compile {native.build_seconds} s when built; "
-             f"this process loaded it in {native.load_seconds:.3f} s.", "",
+             f" {args.device}, threads=1, {args.rounds} rounds, medians)", "",
+             kernel_line, "",
              "| kernel | impl | shape | time | × floor | max abs err vs float64 |",
              "|---|---|---|---|---|---|"]
-    for kernel, impl, shape, t, ratio, err in measure_table(rounds=args.rounds):
+    for kernel, impl, shape, t, ratio, err in measure_table(rounds=args.rounds,
+                                                            device=args.device):
         lines.append(f"| {kernel} | {impl} | {shape} | {_fmt(t)} | {ratio:.2f} | {err:.1e} |")
     lines += ["", "| PPO advantage step | torchrl GAE | rlgauge KernelGAE | speed-up |",
               "|---|---|---|---|"]
-    for shape, t_torchrl, t_rlgauge in measure_ppo(rounds=args.rounds):
+    for shape, t_torchrl, t_rlgauge in measure_ppo(rounds=args.rounds, device=args.device):
         lines.append(f"| {shape} | {_fmt(t_torchrl)} | {_fmt(t_rlgauge)} | "
                      f"{t_torchrl / t_rlgauge:.1f}× |")
     text = "\n".join(lines) + "\n"

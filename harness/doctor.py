@@ -178,8 +178,21 @@ def _gae_kernel() -> str:
 
     ok, line = gae_native.describe_cache()
     if not ok:
-        raise RuntimeError(line)
-    return line
+        raise RuntimeError(f"CPU: {line}")
+    return f"CPU: {line}"
+
+
+def _gae_kernel_cuda() -> str:
+    """Which GAE / TD(λ) kernel CUDA tensors get: the Triton kernel (``harness.gae_triton``)
+    where triton imports, else the torch scan. Said whether or not a GPU is visible (then: what
+    CUDA would use); imports triton, compiles nothing."""
+    from harness import devices, estimators
+
+    where = "" if devices.cuda_count() else " (no GPU visible: what CUDA would use)"
+    if estimators.triton_available():
+        return f"CUDA: Triton kernel, {estimators.triton_status()}{where}"
+    return (f"CUDA: torch scan, {estimators.triton_status()}{where}; the fused kernel needs "
+            "triton (extra `kernels`)")
 
 
 def _extension() -> str:
@@ -303,6 +316,7 @@ def checks() -> list[Check]:
         _guard("torchrl", True, _plain("torchrl", "torchrl")),
         _guard("torchrl extension", True, _extension),
         _guard("GAE kernel", False, _gae_kernel),
+        _guard("GAE kernel (CUDA)", False, _gae_kernel_cuda),
         _guard("gymnasium", True, _gymnasium),
         _guard("mujoco", True, _mujoco),
         _guard("dm_control", True, _dm_control),

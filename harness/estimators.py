@@ -33,10 +33,17 @@ Both are one reverse linear recurrence over time, x_t = b_t + c_t x_{t+1} (see
   At 64×1000 the 1.4 MB working set sits in L2, where a copy streams ~85 GB/s and the kernel is
   bound by its in-register scan's shuffles (csrc/gae_kernel.h); at 256×2048 both wait on L3.
   Details and the full tables: ``results/bench/gae.md``.
-- everything else (CUDA, other dtypes, inputs that require grad, no compiler): ``*_scan``, a
-  Hillis-Steele parallel scan over time in torch ops: ⌈log2 T⌉ rounds of a few element-wise
-  kernels, no Python loop over time, differentiable. Also the fallback when the native build
-  fails or fails its self-test in a child process (with one ``RuntimeWarning``).
+- CUDA, float32/float64, no autograd, triton importable (the ``kernels`` extra; every CUDA build
+  of torch ships it): a Triton kernel (``harness.gae_triton``), one fused pass as on the CPU:
+  one program per row of the ``[O, T, I]`` view, the recurrence as a reverse
+  ``tl.associative_scan`` over chunks of up to 1024 steps with a carry between chunks. Tested
+  on CPU tensors under Triton's interpreter (``nox -s kernels``); not yet timed on a GPU.
+  ``RLGAUGE_GAE_TRITON=0`` turns it off.
+- everything else (CUDA without triton, other devices and dtypes, inputs that require grad, no
+  compiler): ``*_scan``, a Hillis-Steele parallel scan over time in torch ops: ⌈log2 T⌉ rounds
+  of a few element-wise kernels, no Python loop over time, differentiable. Also the fallback
+  when the native build fails or fails its self-test in a child process (with one
+  ``RuntimeWarning``).
 
 Float32 inputs are computed in float32 (as torchrl does), float64 in float64 with γ and λ kept
 in float64 (torchrl rounds a Python-float γ to float32 there; see tests/test_analytical.py).
@@ -87,6 +94,8 @@ __all__ = [
     "td_lambda_return",
     "td_lambda_return_scan",
     "native_available",
+    "triton_available",
+    "triton_status",
     "oracle_gae",
     "oracle_mc_return",
     "oracle_td0_return",
@@ -354,6 +363,72 @@ def _native_for(values: tuple[torch.Tensor, ...], gamma, lmbda):
     return _native_module() or None
 
 
+# --- the Triton kernel (harness/gae_triton.py): CUDA tensors without autograd
+
+_TRITON_ENV_SWITCH = "RLGAUGE_GAE_TRITON"  # "0": never use the Triton kernel (the scan runs)
+_TRITON_DEVICES = ("cuda",)  # device types dispatched to it (the tests add "cpu" under the
+#                              interpreter, to check the dispatch without a GPU)
+_triton = None  # harness.gae_triton once imported; False once unavailable; None: not tried
+_triton_detail = "not tried"
+
+
+def _triton_module():
+    """``harness.gae_triton`` if triton is importable and not disabled, else None (the reason in
+    ``triton_status()``). Imported on the first CUDA call only: CPU users never pay for it."""
+    global _triton, _triton_detail
+    if _triton is None:
+        import os
+
+        if os.environ.get(_TRITON_ENV_SWITCH, "1") == "0":
+            _triton, _triton_detail = False, f"disabled by {_TRITON_ENV_SWITCH}=0"
+        else:
+            try:
+                from harness import gae_triton
+            except ImportError as e:  # triton not installed: the scan, quietly
+                _triton, _triton_detail = False, f"triton not importable ({e})"
+            except Exception as e:  # noqa: BLE001 -- a broken install: warn once, use the scan
+                import warnings
+
+                _triton, _triton_detail = False, f"importing it failed: {e!r}"
+                warnings.warn(f"rlgauge GAE: the Triton kernel is unavailable ({_triton_detail});"
+                              " using the pure-torch parallel scan on CUDA", RuntimeWarning,
+                              stacklevel=3)
+            else:
+                import triton
+
+                _triton, _triton_detail = gae_triton, f"triton {triton.__version__}"
+    return _triton or None
+
+
+def triton_available() -> bool:
+    """True when CUDA tensors get the Triton kernel (triton importable, not disabled)."""
+    return _triton_module() is not None
+
+
+def triton_status() -> str:
+    """Why the Triton kernel is (not) used: ``triton 3.9.0``, or the reason it is not."""
+    _triton_module()
+    return _triton_detail
+
+
+def _triton_for(values: tuple[torch.Tensor, ...], gamma, lmbda):
+    """``harness.gae_triton`` if it applies to these inputs (CUDA, float32/64, one dtype, no
+    autograd), else None: the scan takes them. Bad input is rejected by its ``check_inputs``
+    before the kernel is launched."""
+    ref = values[0]
+    dtype = ref.dtype
+    if ref.device.type not in _TRITON_DEVICES or (dtype is not _F32 and dtype is not _F64):
+        return None
+    for x in values:
+        if x.dtype is not dtype:
+            return None
+    if _grad_enabled():  # no backward in the kernel; the scan is differentiable
+        for x in (*values, gamma, lmbda):
+            if isinstance(x, torch.Tensor) and x.requires_grad:
+                return None
+    return _triton_module()
+
+
 def _plain_cpu_call(gamma, lmbda, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
                     done: torch.Tensor, terminated: torch.Tensor, time_dim) -> bool:
     """The common call, checked inline: float γ and λ, bool flags, dense CPU float32/64 values
@@ -476,7 +551,8 @@ def gae(gamma, lmbda, state_value: torch.Tensor, next_state_value: torch.Tensor,
     value_target = A + V. Tensors ``[*B, T, *F]`` with time at ``time_dim``, all one shape;
     ``terminated`` defaults to ``done``; γ and λ are floats, one-element tensors or per-step
     tensors broadcastable to the data. Runs the fused C++ kernel on CPU float32/float64 (no
-    autograd), else ``gae_scan``.
+    autograd), the Triton kernel (``harness.gae_triton``) on CUDA float32/float64 (no autograd,
+    triton installed), else ``gae_scan``.
     """
     if terminated is None:
         terminated = done
@@ -492,6 +568,9 @@ def gae(gamma, lmbda, state_value: torch.Tensor, next_state_value: torch.Tensor,
         g, g_t = _native_coefficient(gamma, state_value)
         lam, l_t = _native_coefficient(lmbda, state_value)
         return native.gae(g, lam, g_t, l_t, *values, *flags, time_dim)
+    kernel = _triton_for(values, gamma, lmbda)
+    if kernel is not None:
+        return kernel.gae_triton(gamma, lmbda, *values, done, terminated, time_dim=time_dim)
     return gae_scan(gamma, lmbda, state_value, next_state_value, reward, done, terminated,
                     time_dim=time_dim)
 
@@ -526,5 +605,9 @@ def td_lambda_return(gamma, lmbda, next_state_value: torch.Tensor, reward: torch
         g, g_t = _native_coefficient(gamma, next_state_value)
         lam, l_t = _native_coefficient(lmbda, next_state_value)
         return native.td_lambda(g, lam, g_t, l_t, *values, *flags, time_dim)
+    kernel = _triton_for(values, gamma, lmbda)
+    if kernel is not None:
+        return kernel.td_lambda_return_triton(gamma, lmbda, *values, done, terminated,
+                                              time_dim=time_dim)
     return td_lambda_return_scan(gamma, lmbda, next_state_value, reward, done, terminated,
                                  time_dim=time_dim)

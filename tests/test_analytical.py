@@ -3,8 +3,10 @@
 Checked: torchrl's functional forms ``generalized_advantage_estimate``, ``vec_generalized_
 advantage_estimate``, ``td_lambda_return_estimate``, ``vec_td_lambda_return_estimate``,
 ``td0_return_estimate``; rlgauge's kernels ``harness.estimators.gae`` / ``td_lambda_return``
-(the fused C++ pass on CPU) and ``gae_scan`` / ``td_lambda_return_scan`` (the parallel scan that
-runs on CUDA and wherever the C++ build is unavailable); and the modules ``GAE``,
+(the fused C++ pass on CPU), ``gae_scan`` / ``td_lambda_return_scan`` (the parallel scan that
+runs wherever neither kernel does) and the Triton kernel ``harness.gae_triton`` (CUDA; here on
+CPU tensors under Triton's interpreter, marker ``triton``: ``nox -s kernels``; skipped where
+triton is not installed, see tests/tritonkit.py); and the modules ``GAE``,
 ``TDLambdaEstimator``, ``TD0Estimator`` and rlgauge's ``KernelGAE`` (on probe-env rollouts with a
 value network whose output is known). Every functional test runs over all implementations
 (``IMPLS``). The reference is ``harness.estimators``' oracle (explicit sums, float64) and,
@@ -56,6 +58,7 @@ from torchrl.objectives.value.functional import (
     vec_generalized_advantage_estimate,
     vec_td_lambda_return_estimate,
 )
+from tritonkit import TRITON, gae_triton, td_lambda_return_triton
 
 from harness import probes
 from harness.estimators import (
@@ -170,6 +173,7 @@ class Impl:
     fn: Callable
     vectorised: bool  # torchrl's vectorised forms (their known bugs are xfailed below)
     float64_discount: bool = False  # keeps γ, λ in float64 for float64 inputs
+    marks: tuple = ()  # pytest marks of every case of this implementation
 
     def target(self, gamma, lmbda, c: Case) -> torch.Tensor:
         if self.kind == "gae":
@@ -196,8 +200,13 @@ IMPLS = [
     Impl("gae-rlgauge-scan", "gae", gae_scan, False, True),
     Impl("td_lambda-rlgauge", "td_lambda", td_lambda_return, False, True),
     Impl("td_lambda-rlgauge-scan", "td_lambda", td_lambda_return_scan, False, True),
+    # the Triton kernel (CUDA; here under its interpreter on CPU tensors, or skipped: tritonkit)
+    Impl("gae-rlgauge-triton", "gae", gae_triton, False, True, tuple(TRITON)),
+    Impl("td_lambda-rlgauge-triton", "td_lambda", td_lambda_return_triton, False, True,
+         tuple(TRITON)),
 ]
 IMPL_IDS = [i.name for i in IMPLS]
+IMPL_PARAMS = [pytest.param(i, marks=i.marks, id=i.name) for i in IMPLS]
 
 
 def crash_xfail(impl: Impl, gamma: float, lmbda: float):
@@ -256,7 +265,7 @@ def test_oracle_special_cases():
 # --- torchrl's functional forms against closed forms --------------------------------------
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("gamma", [0.5, 0.875, 1.0])
 def test_lambda1_is_discounted_mc_return(impl, gamma):
     # every episode terminates inside the window (the last step terminates too)
@@ -269,7 +278,8 @@ def test_lambda1_is_discounted_mc_return(impl, gamma):
 
 
 @pytest.mark.parametrize(
-    "impl", [pytest.param(i, marks=crash_xfail(i, 1.0, 0.0)) for i in IMPLS], ids=IMPL_IDS)
+    "impl", [pytest.param(i, marks=[*i.marks, *crash_xfail(i, 1.0, 0.0)]) for i in IMPLS],
+    ids=IMPL_IDS)
 def test_lambda0_is_one_step_td(impl):
     c = random_case(4, (3, 12, 1))
     expected = c.reward + 0.75 * (~c.terminated) * c.next_state_value
@@ -283,7 +293,8 @@ EXTREMES = [(g, lam) for g in (0.0, 1.0) for lam in (0.0, 1.0)]
 
 @pytest.mark.parametrize(
     ("impl", "gamma", "lmbda"),
-    [pytest.param(i, g, lam, marks=crash_xfail(i, g, lam), id=f"{i.name}-g{g:g}-l{lam:g}")
+    [pytest.param(i, g, lam, marks=[*i.marks, *crash_xfail(i, g, lam)],
+                  id=f"{i.name}-g{g:g}-l{lam:g}")
      for i in IMPLS for g, lam in EXTREMES])
 def test_gamma_lambda_extremes(impl, gamma, lmbda):
     c = random_case(5, (3, 12, 1), consistent=True)
@@ -304,7 +315,7 @@ def test_gamma_lambda_extremes(impl, gamma, lmbda):
     assert_close(impl.target(gamma, lmbda, c), closed, ATOL64, impl.name)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("end", ["terminated", "truncated"])
 def test_termination_does_not_bootstrap_truncation_does(impl, end):
     H, gamma, c_boot = 5, 0.875, 7.0
@@ -321,7 +332,7 @@ def test_termination_does_not_bootstrap_truncation_does(impl, end):
         assert last == pytest.approx(1.0 + (end == "truncated") * gamma * c_boot, abs=1e-12)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 def test_resets_in_the_middle_of_the_window(impl):
     pattern, gamma, c_boot = "..T...X.T....", 0.75, 4.0
     c = pattern_case(pattern, bootstrap=c_boot)
@@ -350,7 +361,7 @@ LAYOUTS = {  # name: (shape, time_dim); batch dims (2, 3), T = 9
 }
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_batch_dims_and_time_dim(impl, layout):
     shape, time_dim = LAYOUTS[layout]
@@ -367,7 +378,7 @@ def test_batch_dims_and_time_dim(impl, layout):
         assert_close(ref[:, j], impl.target(0.875, 0.75, one).flatten(), ATOL64, f"col {j}")
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 def test_per_step_gamma(impl):
     T = 8
     gamma = torch.tensor([0.5, 1.0, 0.25, 0.75, 1.0, 0.5, 0.875, 0.625], dtype=F64)
@@ -384,7 +395,7 @@ def test_per_step_gamma(impl):
     assert_close(impl.target(g, 0.75, rc), impl.oracle(g, 0.75, rc), ATOL64, "random")
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 def test_float32_inputs_within_tolerance(impl):
     c64 = random_case(8, (4, 12, 1))
     c32 = c64.to(torch.float32)
@@ -396,7 +407,7 @@ def test_float32_inputs_within_tolerance(impl):
 
 @pytest.mark.parametrize(
     "impl",
-    [pytest.param(i, marks=[] if i.float64_discount else
+    [pytest.param(i, marks=[*i.marks] if i.float64_discount else
                   [pytest.mark.xfail(strict=True, raises=AssertionError, reason=F32_DISCOUNT)])
      for i in IMPLS], ids=IMPL_IDS)
 def test_float64_inputs_are_discounted_in_float64(impl):
@@ -686,7 +697,7 @@ def vec_threshold_bound(c: Case) -> float:
     return THR * T * biggest
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @PROPERTY
 @given(data=cases())
 def test_property_impl_matches_oracle(impl, data):

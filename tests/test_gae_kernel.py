@@ -30,6 +30,7 @@ from torchrl.objectives.value.functional import (
     generalized_advantage_estimate,
     td_lambda_return_estimate,
 )
+from tritonkit import TRITON, gae_triton, td_lambda_return_triton, triton_test
 
 from harness import estimators, gae_native
 from harness.estimators import (
@@ -626,13 +627,19 @@ def torchrl_tolerance(data, dtype) -> float:
     return (1e-12 if dtype == F64 else 2e-6) * scale * T_max
 
 
-@pytest.mark.parametrize("which", ["dispatch", "scan"])
+WHICH = ["dispatch", "scan", pytest.param("triton", marks=TRITON)]  # + the Triton kernel
+GAE_FNS = {"dispatch": gae, "scan": gae_scan, "triton": gae_triton}
+TD_FNS = {"dispatch": td_lambda_return, "scan": td_lambda_return_scan,
+          "triton": td_lambda_return_triton}
+
+
+@pytest.mark.parametrize("which", WHICH)
 @settings(max_examples=60, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=drop_in_cases())
 def test_property_gae_agrees_with_torchrl(which, case):
     (v, nv, r, d, term), gamma, lmbda, time_dim = case
-    fn = gae if which == "dispatch" else gae_scan
+    fn = GAE_FNS[which]
     adv, target = fn(gamma, lmbda, v, nv, r, d, term, time_dim=time_dim)
     ref_adv, ref_target = generalized_advantage_estimate(gamma, lmbda, v, nv, r, d, term,
                                                          time_dim=time_dim)
@@ -642,13 +649,13 @@ def test_property_gae_agrees_with_torchrl(which, case):
     assert_close(target, ref_target, atol, "value target")
 
 
-@pytest.mark.parametrize("which", ["dispatch", "scan"])
+@pytest.mark.parametrize("which", WHICH)
 @settings(max_examples=60, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=drop_in_cases())
 def test_property_td_lambda_agrees_with_torchrl(which, case):
     (_, nv, r, d, term), gamma, lmbda, time_dim = case
-    fn = td_lambda_return if which == "dispatch" else td_lambda_return_scan
+    fn = TD_FNS[which]
     got = fn(gamma, lmbda, nv, r, d, term, time_dim=time_dim)
     want = td_lambda_return_estimate(gamma, lmbda, nv, r, d, term, time_dim=time_dim)
     assert got.dtype == want.dtype
@@ -716,6 +723,230 @@ def test_large_batch_matches_torchrl_loop_and_oracle():
     exact = oracle_td_lambda_return(0.99, 0.95, *rows[1:])
     err = (got[:4].double() - exact).abs().max().item()
     assert err <= 2 * (ref[:4].double() - exact).abs().max().item() + 1e-6, err
+
+
+# --- the Triton kernel (harness/gae_triton.py): CUDA; here under its interpreter on CPU ----------
+
+TRITON_LAYOUTS = [*LAYOUTS, ((3, 1024, 1), -2), ((3, 1025, 1), -2),  # one chunk, one step over
+                  ((2, 2500, 1), -2), ((2, 1100, 2), 1)]  # three chunks: the carry between them
+
+
+@triton_test
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("shape", "time_dim"), TRITON_LAYOUTS,
+                         ids=[str(s) for s, _ in TRITON_LAYOUTS])
+def test_triton_matches_scan_on_awkward_layouts(shape, time_dim, dtype):
+    """The Triton kernel against the independent torch scan: rows shorter than a chunk, one
+    chunk exactly, chunks with a carry, I > 1, time first/last, empty; float and per-step γ."""
+    v, nv, r, d, term = inputs(6, shape, dtype=dtype)
+    gamma = torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    atol = 1e-4 if dtype == torch.float32 else 1e-10
+    for g in (0.99, gamma):
+        for got, scan in [(gae_triton(g, 0.95, v, nv, r, d, term, time_dim=time_dim),
+                           gae_scan(g, 0.95, v, nv, r, d, term, time_dim=time_dim)),
+                          (td_lambda_return_triton(g, 0.95, nv, r, d, term, time_dim=time_dim),
+                           td_lambda_return_scan(g, 0.95, nv, r, d, term, time_dim=time_dim))]:
+            for a, b in zip(got if isinstance(got, tuple) else (got,),
+                            scan if isinstance(scan, tuple) else (scan,), strict=True):
+                assert a.dtype == dtype and a.shape == torch.Size(shape)
+                assert_close(a, b, atol * (1 + b.abs().max().item() if b.numel() else 1),
+                             f"{shape} γ={'tensor' if g is gamma else g}")
+
+
+@triton_test
+def test_triton_handles_non_contiguous_inputs_and_integer_flags():
+    v, nv, r, d, term = inputs(7, (40, 6, 1))  # [T, B, 1] seen as [B, T, 1]: strided
+    args = [x.transpose(0, 1) for x in (v, nv, r, d, term)]
+    assert not args[0].is_contiguous()
+    for case, xs in [("transposed", args), ("sliced", [x[:, 1:] for x in args]),
+                     ("expanded", [x[:1].expand(5, 6, 1).transpose(0, 1)
+                                   for x in (v, nv, r, d, term)])]:
+        want = gae_scan(0.9, 0.8, *xs)
+        for a, b in zip(gae_triton(0.9, 0.8, *xs), want, strict=True):
+            assert_close(a, b, 1e-4, case)
+    ints = (*args[:3], args[3].to(torch.uint8), args[4].to(torch.int64))
+    assert_close(td_lambda_return_triton(0.9, 0.8, *ints[1:]),
+                 td_lambda_return_scan(0.9, 0.8, *args[1:]), 1e-4, "integer flags")
+
+
+@triton_test
+def test_triton_large_batch_matches_torchrl_loop_and_oracle():
+    v, nv, r, d, term = inputs(8, (64, 300, 1), p_term=0.005, p_trunc=0.005, scale=1.0)
+    rows = [x[:4] for x in (v, nv, r, d, term)]
+    for got, ref, exact in [
+            (gae_triton(0.99, 0.95, v, nv, r, d, term)[0],
+             generalized_advantage_estimate(0.99, 0.95, v, nv, r, d, term)[0],
+             oracle_gae(0.99, 0.95, *rows)[0]),
+            (td_lambda_return_triton(0.99, 0.95, nv, r, d, term),
+             td_lambda_return_estimate(0.99, 0.95, nv, r, d, term),
+             oracle_td_lambda_return(0.99, 0.95, *rows[1:]))]:
+        assert_close(got, ref, 1e-4, "vs torchrl loop")
+        # float32 against the float64 oracle: at least as accurate as torchrl's loop
+        err = (got[:4].double() - exact).abs().max().item()
+        assert err <= 2 * (ref[:4].double() - exact).abs().max().item() + 1e-6, err
+
+
+class KernelLaunched(Exception):
+    """Raised by the stand-in for the Triton kernel: it was launched."""
+
+
+@pytest.fixture
+def no_triton_launch(monkeypatch):
+    from harness import gae_triton as module
+
+    class Launch:
+        def __getitem__(self, grid):
+            raise KernelLaunched(grid)
+
+    monkeypatch.setattr(module, "_rlgauge_gae_kernel", Launch())
+    return module
+
+
+def _triton_bad_input_cases():
+    v, nv, r, d, term = inputs(12, (2, 10, 1))
+    meta = torch.device("meta")
+    cases = [(name, fn, args, kwargs, message) for name, fn, args, kwargs, message
+             in BAD_INPUT_CASES if "device" not in name]
+    return [*cases,
+            ("gae-done-device", gae, (v, nv, r, d.to(meta), term), {},
+             r"must be on cpu, got meta"),
+            ("gae-value-device", gae, (v, nv.to(meta), r, d, term), {},
+             r"must be on cpu, got meta"),
+            ("gae-int-values", gae, (v.int(), nv.int(), r.int(), d, term), {},
+             r"float32 or float64 values only"),
+            ("td-mixed-dtypes", td_lambda_return, (nv.double(), r, d, term), {},
+             r"values and rewards must share one dtype")]
+
+
+TRITON_BAD_INPUT_CASES = _triton_bad_input_cases()
+
+
+@triton_test
+@pytest.mark.parametrize(("fn", "args", "kwargs", "message"),
+                         [case[1:] for case in TRITON_BAD_INPUT_CASES],
+                         ids=[case[0] for case in TRITON_BAD_INPUT_CASES])
+def test_bad_input_is_rejected_before_the_triton_kernel(no_triton_launch, fn, args, kwargs,
+                                                        message):
+    """``gae_triton`` / ``td_lambda_return_triton`` check shapes, ``time_dim``, 0-d inputs,
+    dtypes, devices and layouts in Python (``check_inputs``) and never launch the kernel on
+    them. Fails if a check is removed (KernelLaunched) or its message changes."""
+    kernel = no_triton_launch.gae_triton if fn is gae else no_triton_launch.td_lambda_return_triton
+    with pytest.raises(RuntimeError, match=message):
+        kernel(0.9, 0.8, *args, **kwargs)
+
+
+@triton_test
+def test_good_input_launches_the_triton_kernel(no_triton_launch):
+    """The control for the test above."""
+    v, nv, r, d, term = inputs(13, (2, 10, 1))
+    with pytest.raises(KernelLaunched):
+        no_triton_launch.gae_triton(torch.tensor(0.9), 0.8, v, nv, r, d, term)
+    with pytest.raises(KernelLaunched):
+        no_triton_launch.td_lambda_return_triton(0.9, 0.8, nv, r, d, term, time_dim=1)
+
+
+@pytest.fixture
+def triton_on_cpu(monkeypatch):
+    """``harness.estimators`` dispatching CPU tensors to the Triton kernel as it does CUDA ones
+    (the native kernel off), with the calls recorded: the dispatch rule checked without a GPU."""
+    from harness import gae_triton as module
+
+    if not module.INTERPRET:
+        pytest.skip("CPU tensors reach the Triton kernel only under its interpreter")
+    calls = []
+    for name in ("gae_triton", "td_lambda_return_triton"):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    monkeypatch.setattr(estimators, "_TRITON_DEVICES", ("cpu",))
+    monkeypatch.setattr(estimators, "_native", False)
+    monkeypatch.setattr(estimators, "_triton", None)
+    monkeypatch.delenv("RLGAUGE_GAE_TRITON", raising=False)
+    return calls
+
+
+@triton_test
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+def test_dispatch_sends_plain_calls_to_triton(triton_on_cpu, dtype):
+    """float32/float64 without autograd go to the Triton kernel, with its results; float16,
+    mixed dtypes and inputs that require grad go to the scan. Fails if the dispatch rule
+    (``estimators._triton_for``) changes."""
+    v, nv, r, d, term = inputs(14, (3, 20, 1), dtype=dtype)
+    adv, target = gae(0.9, 0.8, v, nv, r, d, term)
+    td = td_lambda_return(torch.tensor(0.9), 0.8, nv, r, d, term)
+    assert triton_on_cpu == ["gae_triton", "td_lambda_return_triton"]
+    atol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert_close(adv, gae_scan(0.9, 0.8, v, nv, r, d, term)[0], atol, "gae")
+    assert_close(td, td_lambda_return_scan(torch.tensor(0.9), 0.8, nv, r, d, term), atol,
+                 "td(λ)")
+    triton_on_cpu.clear()
+    gae(0.9, 0.8, v.half(), nv.half(), r.half(), d, term)
+    td_lambda_return(0.9, 0.8, nv.float(), r.double(), d, term)
+    leaf = v.clone().requires_grad_()
+    adv = gae(0.9, 0.8, leaf, nv, r, d, term)[0]
+    adv.sum().backward()
+    assert leaf.grad is not None
+    assert triton_on_cpu == []
+
+
+@triton_test
+def test_triton_switch_turns_it_off(triton_on_cpu, monkeypatch):
+    monkeypatch.setenv("RLGAUGE_GAE_TRITON", "0")
+    v, nv, r, d, term = inputs(15, (2, 9, 1))
+    gae(0.9, 0.8, v, nv, r, d, term)
+    assert triton_on_cpu == [] and not estimators.triton_available()
+    assert estimators.triton_status() == "disabled by RLGAUGE_GAE_TRITON=0"
+
+
+@triton_test
+def test_kernel_gae_uses_the_triton_kernel(triton_on_cpu):
+    """``KernelGAE`` (PPO's advantage="rlgauge") goes through the same dispatch: where the
+    Triton kernel applies (CUDA; here the CPU under its interpreter) it runs, and writes what
+    torchrl's ``GAE`` writes."""
+    from tensordict.nn import TensorDictModule
+    from torchrl.objectives.value import GAE
+
+    from harness import probes
+    from harness.gae_estimator import KernelGAE
+
+    env = probes.make("constant-truncated", num_envs=3, seed=0, horizon=5)
+    data = env.rollout(23, lambda td: td.set("action", torch.zeros(3, dtype=torch.int64)),
+                       break_when_any_done=False)
+    torch.manual_seed(0)
+    net = TensorDictModule(torch.nn.LazyLinear(1), in_keys=["observation"],
+                           out_keys=["state_value"])
+    net(data.clone())  # materialise the lazy layer
+    ours = KernelGAE(gamma=0.9, lmbda=0.8, value_network=net)(data.clone())
+    assert triton_on_cpu == ["gae_triton"]
+    theirs = GAE(gamma=0.9, lmbda=0.8, value_network=net, vectorized=False)(data.clone())
+    for key in ("advantage", "value_target"):
+        assert_close(ours[key], theirs[key], 1e-5, key)
+
+
+def test_cuda_dispatches_to_triton(device, monkeypatch):
+    """On CUDA, with triton installed, ``gae`` / ``td_lambda_return`` run the Triton kernel
+    (compiled, not interpreted) and agree with the scan there. CUDA only."""
+    if device.type != "cuda":
+        pytest.skip("the Triton dispatch applies to CUDA tensors")
+    if not estimators.triton_available():
+        pytest.skip(f"no Triton kernel: {estimators.triton_status()}")
+    from harness import gae_triton as module
+
+    calls = []
+    for name in ("gae_triton", "td_lambda_return_triton"):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name, **k: (calls.append(_n),
+                                                                            _r(*a, **k))[1])
+    v, nv, r, d, term = (x.to(device) for x in inputs(16, (4, 3000, 1)))
+    adv = gae(0.99, 0.95, v, nv, r, d, term)[0]
+    td = td_lambda_return(0.99, 0.95, nv, r, d, term)
+    assert calls == ["gae_triton", "td_lambda_return_triton"]
+    assert_close(adv, gae_scan(0.99, 0.95, v, nv, r, d, term)[0], 1e-3, "gae")
+    assert_close(td, td_lambda_return_scan(0.99, 0.95, nv, r, d, term), 1e-3, "td(λ)")
 
 
 # --- autograd and devices ----------------------------------------------------------------
