@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from harness.estimators import SHAPE_ERR, TIME_DIM_ERR, ZERO_D_ERR
+from harness.estimators import SHAPE_ERR, _check_time_dim
 
 __all__ = ["gae_triton", "td_lambda_return_triton", "check_inputs", "INTERPRET"]
 
@@ -139,13 +139,7 @@ def check_inputs(values: tuple[torch.Tensor, ...], flags: tuple[torch.Tensor, ..
     if device.type == "cpu" and not INTERPRET:
         raise RuntimeError("rlgauge gae (triton): CPU tensors need Triton's interpreter "
                            "(TRITON_INTERPRET=1 before harness.gae_triton is imported)")
-    time_dim = operator.index(time_dim)
-    nd = len(shape)
-    if nd < 1:
-        raise RuntimeError(ZERO_D_ERR)
-    if not -nd <= time_dim < nd:
-        raise RuntimeError(TIME_DIM_ERR.format(time_dim, list(shape)))
-    return time_dim % nd
+    return _check_time_dim(shape, operator.index(time_dim))
 
 
 def _coefficient_arg(c, like: torch.Tensor):

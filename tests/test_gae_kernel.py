@@ -676,16 +676,21 @@ LAYOUTS = [  # (shape, time_dim): rows shorter than, equal to, around one vector
 @pytest.mark.parametrize(("shape", "time_dim"), LAYOUTS, ids=[str(s) for s, _ in LAYOUTS])
 def test_native_matches_scan_on_awkward_layouts(shape, time_dim, dtype):
     assert estimators.native_available()
+    _matches_scan(gae, td_lambda_return, shape, time_dim, dtype)
+
+
+def _matches_scan(gae_fn, td_lambda_fn, shape, time_dim, dtype):
+    """``gae_fn`` / ``td_lambda_fn`` (a kernel's) against the independent torch scan on random
+    inputs of ``shape``, with a float γ and a per-step one."""
     v, nv, r, d, term = inputs(6, shape, dtype=dtype)
     gamma = torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     atol = 1e-4 if dtype == torch.float32 else 1e-10
     for g in (0.99, gamma):
-        for native, scan in [(gae(g, 0.95, v, nv, r, d, term, time_dim=time_dim),
-                              gae_scan(g, 0.95, v, nv, r, d, term, time_dim=time_dim)),
-                             (td_lambda_return(g, 0.95, nv, r, d, term, time_dim=time_dim),
-                              td_lambda_return_scan(g, 0.95, nv, r, d, term,
-                                                    time_dim=time_dim))]:
-            for a, b in zip(native if isinstance(native, tuple) else (native,),
+        for got, scan in [(gae_fn(g, 0.95, v, nv, r, d, term, time_dim=time_dim),
+                           gae_scan(g, 0.95, v, nv, r, d, term, time_dim=time_dim)),
+                          (td_lambda_fn(g, 0.95, nv, r, d, term, time_dim=time_dim),
+                           td_lambda_return_scan(g, 0.95, nv, r, d, term, time_dim=time_dim))]:
+            for a, b in zip(got if isinstance(got, tuple) else (got,),
                             scan if isinstance(scan, tuple) else (scan,), strict=True):
                 assert a.dtype == dtype and a.shape == torch.Size(shape)
                 assert_close(a, b, atol * (1 + b.abs().max().item() if b.numel() else 1),
@@ -738,19 +743,7 @@ TRITON_LAYOUTS = [*LAYOUTS, ((3, 1024, 1), -2), ((3, 1025, 1), -2),  # one chunk
 def test_triton_matches_scan_on_awkward_layouts(shape, time_dim, dtype):
     """The Triton kernel against the independent torch scan: rows shorter than a chunk, one
     chunk exactly, chunks with a carry, I > 1, time first/last, empty; float and per-step γ."""
-    v, nv, r, d, term = inputs(6, shape, dtype=dtype)
-    gamma = torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    atol = 1e-4 if dtype == torch.float32 else 1e-10
-    for g in (0.99, gamma):
-        for got, scan in [(gae_triton(g, 0.95, v, nv, r, d, term, time_dim=time_dim),
-                           gae_scan(g, 0.95, v, nv, r, d, term, time_dim=time_dim)),
-                          (td_lambda_return_triton(g, 0.95, nv, r, d, term, time_dim=time_dim),
-                           td_lambda_return_scan(g, 0.95, nv, r, d, term, time_dim=time_dim))]:
-            for a, b in zip(got if isinstance(got, tuple) else (got,),
-                            scan if isinstance(scan, tuple) else (scan,), strict=True):
-                assert a.dtype == dtype and a.shape == torch.Size(shape)
-                assert_close(a, b, atol * (1 + b.abs().max().item() if b.numel() else 1),
-                             f"{shape} γ={'tensor' if g is gamma else g}")
+    _matches_scan(gae_triton, td_lambda_return_triton, shape, time_dim, dtype)
 
 
 @triton_test
