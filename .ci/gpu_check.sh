@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # CUDA checks of rlgauge on a lent GPU machine (CUDA torch, no network): issue 15's "with a GPU
-# visible" checks in one prepared run. Not run by CI (CI has no GPU).
+# visible" checks, issue 17's compile modes on CUDA (in pytest -m gpu) and issue 18's Triton
+# kernel (compiled, no interpreter) and its bench table, in one prepared run. Not run by CI.
 #
 # Usage, from the project root on that machine:
 #   bash .ci/gpu_check.sh WHEEL_DIR [OUT_DIR]
 # WHEEL_DIR holds py3.x wheels of what the machine lacks (tensordict, torchrl, gymnasium, mujoco,
 # pygame and their small deps); they go to /tmp/site, not over the machine's torch. dm_control,
 # envpool and asv may be absent: their cases skip or fail as "unavailable".
-# Writes OUT_DIR/{buildext,doctor,train,pytest_gpu,pytest_fast}.txt and prints the failures.
+# Writes OUT_DIR/{buildext,doctor,train,pytest_gpu,pytest_triton,bench_gae_cuda,pytest_fast}.txt
+# and prints the failures.
 set -u
 wheels=${1:?wheel folder}; out=${2:-gpu-out}; mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -25,6 +27,10 @@ n=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider -n "$n" -rfE >"$out/pytest_gpu.txt" 2>&1
 echo "pytest -m gpu rc $?"; grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.txt" | sed 's/ - .*//' | head -40
 tail -1 "$out/pytest_gpu.txt"
+timeout 240 python3 -m pytest -m triton -q -p no:cacheprovider -rfE >"$out/pytest_triton.txt" 2>&1
+echo "pytest -m triton (compiled on the GPU) rc $?"; tail -1 "$out/pytest_triton.txt"
+timeout 240 python3 -m bench.bench_gae --device cuda >"$out/bench_gae_cuda.txt" 2>&1
+echo "bench_gae --device cuda rc $?"; tail -25 "$out/bench_gae_cuda.txt"
 timeout 420 python3 -m pytest -m "not slow" -q -p no:cacheprovider -n "$n" -rfE >"$out/pytest_fast.txt" 2>&1
 echo "pytest -m 'not slow' rc $?"; grep -E "^(FAILED|ERROR)" "$out/pytest_fast.txt" | sed 's/ - .*//' | head -60
 tail -1 "$out/pytest_fast.txt"
