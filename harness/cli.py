@@ -33,6 +33,11 @@ from harness.errors import ResultsError, UsageError
 from harness.progress import Progress
 
 PROG = "rlgauge"
+#: the compile modes as --help names them (harness.training.COMPILE_MODES; not imported here:
+#: it would import torch for --help)
+COMPILE_MODES_HELP = ("eager (default), compile (torch.compile of the update step and the "
+                      "policy), compile+cudagraphs (CUDA devices only: tensordict's "
+                      "CudaGraphModule)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,11 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated implementations: rlgauge, sb3 (Stable-Baselines3 on "
                         "the same cells where it has the algorithm; default: rlgauge)")
     m.add_argument("--compile", default="eager", metavar="MODES",
-                   help="comma-separated compile modes: eager (default), compile (torch.compile "
-                        "of the update step and the policy), compile+cudagraphs (CUDA devices "
-                        "only: tensordict's CudaGraphModule), or all (the modes valid on "
-                        "--devices); cells a mode cannot run (compile+cudagraphs on the CPU, "
-                        "any mode but eager for --impls sb3) are skipped with the reason")
+                   help=f"comma-separated compile modes: {COMPILE_MODES_HELP}, or all (the "
+                        "modes valid on --devices); cells a mode cannot run (compile+cudagraphs "
+                        "on the CPU, any mode but eager for --impls sb3) are skipped with the "
+                        "reason")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="Config override for every cell, e.g. --set lr=3e-4")
     m.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -165,10 +169,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="whose implementation: rlgauge (default) or sb3 (Stable-Baselines3 / "
                         "sb3-contrib with the same settings; harness/peers.py)")
     r.add_argument("--compile", default="eager", metavar="MODE",
-                   help="eager (default), compile (torch.compile of the update step and the "
-                        "policy; compile_time_s is recorded apart from steady_fps) or "
-                        "compile+cudagraphs (CUDA devices only: tensordict's CudaGraphModule); "
-                        "rlgauge's implementation only")
+                   help=f"{COMPILE_MODES_HELP}; compile_time_s is recorded apart from "
+                        "steady_fps; rlgauge's implementation only")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a Config field, e.g. --set lr=3e-4 --set hidden=128,128")
     r.add_argument("--out", type=Path, default=Path("results/runs"),

@@ -83,19 +83,18 @@ def measure(algorithm: str, task: str, frames: int | None, seed: int, out: Path,
     from harness import atomic, provenance, results, runs
 
     torch.set_num_threads(1)
-    specs = [(label, runs.spec_for(algorithm=algorithm, backend="gymnasium", task=task,
-                                   seed=seed, frames=frames, overrides=overrides, impl=impl,
-                                   compile=mode))
-             for label, overrides, impl, mode in steps(algorithm)]
-    for _, spec in specs:  # every input checked before any work
-        runs.resolve(spec)
+    # every input checked (resolved) before any work
+    resolved = [(label, runs.resolve(runs.spec_for(
+        algorithm=algorithm, backend="gymnasium", task=task, seed=seed, frames=frames,
+        overrides=overrides, impl=impl, compile=mode)))
+        for label, overrides, impl, mode in steps(algorithm)]
     frames_run, rows = [], []
-    for i, (label, spec) in enumerate(specs, 1):
-        progress(f"[{i}/{len(specs)}] {label}")
+    for i, (label, run) in enumerate(resolved, 1):
+        spec = run.spec
+        progress(f"[{i}/{len(resolved)}] {label}")
         t0 = time.perf_counter()
         try:
-            _, result = runs.train(spec, threads=1)
-            records = result.records
+            records = runs.run(run, threads=1).records
         except Exception as exc:  # recorded as a row, never lost
             records = results.failure_record(f"{type(exc).__name__}: {exc}",
                                               **spec.context())
@@ -108,10 +107,9 @@ def measure(algorithm: str, task: str, frames: int | None, seed: int, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"costs-{algorithm}-{task}-{machine}"
     results.save(pd.concat(frames_run, ignore_index=True), stem.with_suffix(".csv"))
-    first = specs[0][1]
     command = (f"python -m harness.costs {algorithm} --task {task} --seed {seed}"
                + (f" --frames {frames}" if frames else ""))
-    text = markdown(table, algorithm, task, runs.resolve(first).config.frames, command,
+    text = markdown(table, algorithm, task, resolved[0][1].config.frames, command,
                     provenance.record("cpu"))
     atomic.write_text(stem.with_suffix(".md"), text)
     return stem.with_suffix(".md")
@@ -218,11 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/peers"))
     args = parser.parse_args(argv)
-    try:
-        if args.algorithm not in LADDERS:
-            raise UsageError(f"no cost ladder for {args.algorithm!r}; valid: "
-                             f"{', '.join(LADDERS)}")
-        path = measure(args.algorithm, args.task or TASKS[args.algorithm], args.frames,
+    try:  # an unknown algorithm: steps() refuses it before any work
+        path = measure(args.algorithm, args.task or TASKS.get(args.algorithm, ""), args.frames,
                        args.seed, args.out, progress=lambda line: print(line, flush=True))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

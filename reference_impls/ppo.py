@@ -250,6 +250,28 @@ class Schedules:
 # --------------------------------------------------------------------------- training
 
 
+def update(config, loss_module: ClipPPOLoss, schedules: Schedules, buffer: ReplayBuffer, step,
+           batch: TensorDictBase, frames: int, minibatches: int, store) -> training.LossMeans:
+    """PPO's update on one collected ``batch``, ``frames`` collected so far
+    (``reference_impls.recurrent_ppo`` runs the same): the clip range set from the frames
+    before the batch, then ``num_epochs`` epochs of ``minibatches`` gradient steps (``step``,
+    the schedule's learning rate stepped after each) on minibatches drawn without replacement
+    from ``buffer``. GAE with the current critic and the buffer's contents (``store(batch)``)
+    are made once per batch, or before every epoch with ``advantage_every_epoch``. Returns the
+    losses' means, to be recorded."""
+    schedules.clip(loss_module, frames - batch.numel())
+    means = training.LossMeans(*LOSS_KEYS)
+    for epoch in range(config.num_epochs):
+        if epoch == 0 or config.advantage_every_epoch:
+            with torch.no_grad():
+                loss_module.value_estimator(batch)
+            buffer.extend(store(batch))
+        for _ in range(minibatches):
+            means.add(step(buffer.sample()))
+            schedules.lr.step()
+    return means
+
+
 def loss_keys(loss_module: ClipPPOLoss, batch: TensorDictBase) -> list:
     """The entries of ``batch`` (after GAE) that ``loss_module`` reads: storing only these in
     the minibatch buffer leaves the next observations, rewards, dones and collector entries out
@@ -278,26 +300,15 @@ def train(config: Config, progress: training.Progress | None = None) -> training
     # --- one gradient step: objective + critic [+ entropy] losses, norm clip, Adam
     step = run.compile(functools.partial(training.gradient_step, loss_module, optimizer,
                                          max_grad_norm=config.max_grad_norm), "update")
-    keep = None  # what the loss reads from a stored frame (known after the first GAE)
     collector = run.collector(env, actor)
 
     # --- collect: a batch of frames_per_batch frames from the current policy
     for frames, batch, _ in run.collect(collector, step_counter=config.step_counter):
         with run.sections("update"):
-            schedules.clip(loss_module, frames - batch.numel())
-            means = training.LossMeans(*LOSS_KEYS)
-            for epoch in range(config.num_epochs):
-                # --- advantage: GAE with the current critic, once per batch (or every epoch)
-                if epoch == 0 or config.advantage_every_epoch:
-                    with torch.no_grad():
-                        loss_module.value_estimator(batch)
-                    keep = keep or loss_keys(loss_module, batch)
-                    buffer.extend(batch.reshape(-1).select(*keep))
-                # --- update: the batch in minibatches drawn without replacement
-                for _ in range(minibatches):
-                    means.add(step(buffer.sample()))
-                    schedules.lr.step()
-            means.record(run.log, frames)
+            # --- advantage and update: frames stored with only what the loss reads
+            update(config, loss_module, schedules, buffer, step, batch, frames, minibatches,
+                   lambda b: b.reshape(-1).select(*loss_keys(loss_module, b))
+                   ).record(run.log, frames)
 
     # --- evaluate: the deterministic policy on envs normalised as in training
     stats = training.observation_stats(env)

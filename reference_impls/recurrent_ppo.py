@@ -57,7 +57,8 @@ from torchrl.modules import (
 from torchrl.objectives import ClipPPOLoss, ValueEstimators
 
 from harness import backends, training
-from reference_impls.ppo import LOSS_KEYS, LR_SCHEDULES, Schedules
+from reference_impls import ppo
+from reference_impls.ppo import LR_SCHEDULES, Schedules
 
 ALGORITHM = "recurrent_ppo"
 
@@ -293,19 +294,9 @@ def train(config: Config, progress: training.Progress | None = None) -> training
     # --- collect: a [num_envs, T] batch, the recurrent states of every step stored in it
     for frames, batch, _ in run.collect(collector):
         with run.sections("update"), set_recurrent_mode(True):
-            schedules.clip(loss_module, frames - batch.numel())
-            means = training.LossMeans(*LOSS_KEYS)
-            for epoch in range(config.num_epochs):
-                # --- advantage: GAE over each env's row, once per batch (or every epoch)
-                if epoch == 0 or config.advantage_every_epoch:
-                    with torch.no_grad():
-                        loss_module.value_estimator(batch)
-                    buffer.extend(batch.reshape(num_chunks, chunk_len))
-                # --- update: minibatches of chunks drawn without replacement
-                for _ in range(minibatches):
-                    means.add(step(buffer.sample()))
-                    schedules.lr.step()
-            means.record(run.log, frames)
+            # --- advantage (GAE over each env's row) and update: minibatches of chunks
+            ppo.update(config, loss_module, schedules, buffer, step, batch, frames, minibatches,
+                       lambda b: b.reshape(num_chunks, chunk_len)).record(run.log, frames)
 
     # --- evaluate: the deterministic policy, observations normalised by the frozen statistics
     run.close(collector, env)
