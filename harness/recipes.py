@@ -217,7 +217,8 @@ register(Recipe(
     overrides=dict(
         pixels=True, pixel_size=84, num_envs=1, frames_per_batch=50, updates_per_batch=16,
         learning_starts=0, slice_len=50, num_slices=4, burn_in=0, buffer_size=20_000,
-        storage="memmap", lr=3e-4, gamma=0.99, loss_function="l2", max_grad_norm=math.inf,
+        storage="memmap", lr=3e-4, anneal_lr=False, gamma=0.99, lmbda=0.0,
+        loss_function="l2", max_grad_norm=math.inf,
         eps_init=0.2, eps_end=0.1, exploration_fraction=1.0, target_update="soft",
         tau=0.0032, lstm_hidden=128, hidden=(64,), conv_cells=(32, 32, 64),
         conv_kernels=(8, 4, 3), conv_strides=(4, 2, 1), step_counter=True, reward_scale=0.1,

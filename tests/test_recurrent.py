@@ -14,7 +14,7 @@ from torchrl.collectors import Collector
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from torchrl.modules import set_recurrent_mode
 
-from harness import backends
+from harness import backends, training
 from harness.training import add_primers
 from reference_impls import ppo, recurrent_dqn, recurrent_ppo
 
@@ -348,3 +348,105 @@ def test_recurrent_ppo_anneals_its_clip_range_as_ppo_does(anneal_clip):
         schedules.clip(loss, done)
         want = config.clip_epsilon * (frac if anneal_clip else 1.0)
         assert loss.clip_epsilon.item() == pytest.approx(want), (done, anneal_clip)
+
+
+# --------------------------------------------------------------------------- issue 19's fixes
+
+
+@pytest.mark.parametrize("slice_len", [2, 6])
+def test_recurrent_dqn_lambda_target_is_the_lambda_return_within_each_slice(slice_len):
+    """With ``lmbda`` the loss's target for step t of a sampled slice is Peng's Q(λ) return
+    G_t = r_t + γ (1 - term_t) ((1 - λ) V_{t+1} + λ G_{t+1}) over the slice's real steps,
+    bootstrapped from V at its last real step (episode cut: γ V; episode end: 0). Slices of 2
+    end mid-episode, slices of 6 are padded past the 3-step episodes. Fails if the padding or the
+    next slice leaks into the chain (no ``done`` at the slice's end), or if λ is ignored."""
+    gamma, lmbda = 0.9, 0.7
+    config = recurrent_dqn.Config(**{**DQN_PROBE, "lstm_hidden": 8, "hidden": (8,),
+                                     "slice_len": slice_len, "gamma": gamma, "lmbda": lmbda})
+    env = recurrent_dqn.make_env(config)
+    qnet, loss_qnet = recurrent_dqn.make_modules(config, env)
+    loss = recurrent_dqn.make_loss(config, loss_qnet, env)
+    batch = _collect(recurrent_dqn, config, qnet, 96)
+    env.close()
+    buffer = recurrent_dqn.make_buffer(config)
+    buffer.extend(batch.reshape(-1))
+    torch.manual_seed(0)
+    seq = recurrent_dqn.to_sequences(buffer.sample(), slice_len)
+    seq["next", "reward"] = torch.randn_like(seq["next", "reward"])  # every step its own
+    next_value = 10 * torch.rand(*seq.shape, 1)
+    target = loss.value_estimator.value_estimate(seq.clone(), next_value=next_value)
+    mask = seq["collector", "mask"]
+    reward, value = seq["next", "reward"][..., 0], next_value[..., 0]
+    terminated = seq["next", "terminated"][..., 0].float()
+    ends = {"cut": 0, "terminal": 0}
+    for i in range(seq.shape[0]):
+        last = int(mask[i].sum()) - 1
+        ends["terminal" if terminated[i, last] else "cut"] += 1
+        g = reward[i, last] + gamma * (1 - terminated[i, last]) * value[i, last]
+        expected = [g]
+        for t in range(last - 1, -1, -1):
+            g = reward[i, t] + gamma * (1 - terminated[i, t]) * ((1 - lmbda) * value[i, t]
+                                                                 + lmbda * g)
+            expected.insert(0, g)
+        torch.testing.assert_close(target[i, :last + 1, 0], torch.stack(expected))
+    # both ends of a chain were met (and, with slices of 6, the padding)
+    assert ends["terminal"] > 0 and (ends["cut"] > 0 or slice_len > 3), ends
+    assert slice_len <= 3 or not mask.all()
+
+
+def test_recurrent_dqn_lambda_zero_is_the_one_step_target():
+    config = recurrent_dqn.Config(**{**DQN_PROBE, "lstm_hidden": 8, "hidden": (8,)})
+    env = recurrent_dqn.make_env(config)
+    _, loss_qnet = recurrent_dqn.make_modules(config, env)
+    one_step = recurrent_dqn.make_loss(config.replace(lmbda=0.0), loss_qnet, env)
+    assert type(one_step.value_estimator).__name__ == "TD0Estimator"
+    lam = recurrent_dqn.make_loss(config, loss_qnet, env)  # the default: λ 0.9
+    assert type(lam.value_estimator).__name__ == "TDLambdaEstimator"
+    assert float(lam.value_estimator.lmbda) == pytest.approx(config.lmbda)
+    env.close()
+
+
+def test_recurrent_dqn_normalises_each_state_component():
+    """CartPole without velocities: the LSTM must tell the velocity from the change of x and
+    theta between steps; theta moves by ~0.01 a step around a spread of ~0.1, x by less. One
+    mean and std for the whole vector (or none) leaves theta's steps ~1e-2 of the input scale;
+    one per component makes each component's spread of order 1 under random actions. Fails if
+    the normalisation is shared between components."""
+    config = recurrent_dqn.config_for("gymnasium", "cartpole-novel", num_envs=4,
+                                      obs_norm_steps=512)
+    env = recurrent_dqn.make_env(config)
+    loc, scale = training.observation_stats(env)
+    assert loc.shape == scale.shape == (2,)
+    with torch.no_grad():
+        obs = env.rollout(256, break_when_any_done=False)["observation"].reshape(-1, 2)
+    env.close()
+    # the statistics come from init_stats' short random rollouts (early-episode states), these
+    # from longer ones: each component's spread is of order 1, neither ~0.1 nor ~10
+    std = obs.std(0)
+    assert ((std > 0.5) & (std < 2.5)).all(), std
+
+
+def test_recurrent_dqn_lr_anneals_to_zero_at_its_last_gradient_step():
+    """``anneal_lr``: the learning rate falls linearly from ``lr`` to 0 over exactly the
+    gradient steps the training loop takes (``updates_per_batch`` after each batch once
+    ``learning_starts`` frames are in)."""
+    config = recurrent_dqn.Config(**{**DQN_PROBE, "lstm_hidden": 8, "hidden": (8,),
+                                     "frames": 2048, "frames_per_batch": 256,
+                                     "learning_starts": 1000, "updates_per_batch": 4,
+                                     "anneal_lr": True, "lr": 1e-2})
+    batches = config.frames // config.frames_per_batch
+    steps = sum(config.updates_per_batch for k in range(1, batches + 1)
+                if k * config.frames_per_batch >= config.learning_starts)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=config.lr)
+    schedule = recurrent_dqn.make_lr_schedule(config, optimizer, config.frames)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(config.lr)
+    assert lrs[-1] == pytest.approx(config.lr / steps)  # the last step still learns
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    assert recurrent_dqn.make_lr_schedule(config.replace(anneal_lr=False), optimizer,
+                                          config.frames) is None
