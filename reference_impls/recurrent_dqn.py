@@ -205,9 +205,10 @@ class Config(training.BaseConfig):
     #: settings that differ from the defaults per (backend, task); CartPole-v1 episodes end at
     #: 500 steps, so its evaluation rollouts need no more
     PRESETS: ClassVar[dict] = {
-        # the target's budget (RL Zoo's DQN CartPole-v1 needs 5e4 steps with velocities)
-        # x and theta normalised one by one: the velocity is their change between steps
-        ("gymnasium", "cartpole-novel"): dict(frames=200_000, max_episode_steps=500,
+        # the target's budget (RL Zoo's DQN CartPole-v1 needs 5e4 steps with velocities; at
+        # 200k the greedy returns were still climbing: README, issue 19); x and theta
+        # normalised one by one: the velocity is their change between steps
+        ("gymnasium", "cartpole-novel"): dict(frames=300_000, max_episode_steps=500,
                                               obs_norm_steps=1024),
     }
 
@@ -233,7 +234,7 @@ config_for = Config.for_task
 #: no published DQN-LSTM figure on CartPole without velocities: an aim, checked by
 #: ``nox -s learning`` like the published ones
 LEARNING_TARGETS = [
-    training.LearningTarget("gymnasium", "cartpole-novel", frames=200_000, threshold=475.0,
+    training.LearningTarget("gymnasium", "cartpole-novel", frames=300_000, threshold=475.0,
                             source="aim (no published DQN-LSTM figure)"),
 ]
 
