@@ -178,6 +178,12 @@ ASV_ARGS = {
 }
 
 
+def _localize_dashboard(session: nox.Session) -> None:
+    """Point what `asv publish` wrote at the vendored copies of its CDN assets (works offline);
+    fails naming any URL on another host that nothing vendored replaces."""
+    session.run("python", "-m", "harness", "dashboard", "localize", "results/html")
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """asv suite (results/asv, dashboard results/html, table results/bench/<machine>.md), then
@@ -188,6 +194,8 @@ def bench(session: nox.Session) -> None:
     pos = list(session.posargs)
     if pos and not pos[0].startswith("-"):  # an explicit asv subcommand: `-- compare A B`
         session.run("asv", *pos)
+        if pos[0] == "publish":
+            _localize_dashboard(session)
         return
     grid = "full" if "--full" in pos else "quick"
     pos = [p for p in pos if p != "--full"]
@@ -197,6 +205,7 @@ def bench(session: nox.Session) -> None:
     session.run("asv", "run", "--python=same", "--set-commit-hash", head,
                 "--machine", ASV_MACHINE, "--show-stderr", *ASV_ARGS[grid], *pos)
     session.run("asv", "publish", silent=True)
+    _localize_dashboard(session)
     table = ROOT / "results" / "bench" / f"{ASV_MACHINE}.md"
     components = ROOT / "results" / "bench" / f"{ASV_MACHINE}-components.md"
     session.run("python", "-m", "harness", "asv-table", "results/asv", "--machine", ASV_MACHINE,
@@ -208,7 +217,8 @@ def bench(session: nox.Session) -> None:
     report = ROOT / "results" / "report" / f"{ASV_MACHINE}-{grid}"
     session.run("python", "-m", "harness", "run", *MATRIX[grid], "--out", str(cells),
                 "--report-dir", str(report))
-    session.log(f"asv dashboard: {html}  (serve it with `asv preview`, or open the file)")
+    session.log(f"asv dashboard: {html}  (offline too; serve it with `asv preview`: from "
+                "file:// browsers refuse its fetch of index.json)")
     session.log(f"asv table of this run: {table}; components beside their floors: "
                 f"{components}")
     session.log(f"asv raw results: {ROOT / 'results' / 'asv' / ASV_MACHINE}")
@@ -240,16 +250,19 @@ def regress(session: nox.Session) -> None:
     """Regression gate: `-- [BASE] [HEAD]` (default: merge base with main, HEAD) measured
     interleaved in this job; exit 1 on a significant slowdown beyond the threshold.
     `-- -b REGEX` selects benchmarks, `-- --save-baseline` / `-- --against-baseline` use
-    results/baseline/<machine>.csv. Needs full git history (see README)."""
+    results/baseline/<machine>.csv, `-- --history N` measures each of the last N commits of
+    main against its parent and names those with a step (pairs kept in results/gate/history/,
+    reused on reruns). Needs full git history (see README)."""
     install(session)
     session.run("python", "-m", "harness.gate", "regress", *session.posargs)
 
 
 @nox.session(python=PYTHON, default=False)
 def gate_validity(session: nox.Session) -> None:
-    """Measure the gate itself (~25 min, not in CI): noise controls, A/A false alarms, injected
-    5/10/20% slowdowns -> results/gate/{noise,validity}-<machine>.md. `-- validity ARGS` or
-    `-- noise ARGS` runs one part."""
+    """Measure the gate itself (~1.5 h for the default selection on 2 cores, not in CI): noise
+    controls, A/A false alarms, injected 5/10/20% slowdowns ->
+    results/gate/{noise,validity}-<machine>.md. `-- validity ARGS` or `-- noise ARGS` runs one
+    part; `-- validity -b REGEX` measures other cases."""
     install(session)
     pos = list(session.posargs)
     if pos and pos[0] in {"noise", "validity"}:

@@ -16,6 +16,10 @@ Subcommands::
     env B T     build one env, check its specs and time a random rollout
     asv-table   the latest asv results as a Markdown table (× floor, cost and spread per module)
     build-ext   make torchrl's C++ extension load (rebuilds it against the installed torch)
+    dashboard   asv's dashboard offline (harness.dashboard): ``dashboard localize HTML_DIR``
+                points a published dashboard at vendored copies of its CDN assets,
+                ``dashboard vendor`` refreshes them (network), ``dashboard screenshot HTML_DIR
+                OUT.png`` photographs it in headless Chromium with other hosts blocked
 
 Bad input (unknown subcommand or option, a path that is not a results file...) prints one line
 naming the bad value and what is valid, and exits 2 before any work starts.
@@ -175,6 +179,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a Config field, e.g. --set lr=3e-4 --set hidden=128,128")
     r.add_argument("--out", type=Path, default=Path("results/runs"),
                    help="directory for the run's results file (default: results/runs)")
+
+    d = sub.add_parser("dashboard", help="asv's dashboard offline: localize a published "
+                                         "html_dir, refresh the vendored assets, screenshot it")
+    dsub = d.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    dsub.required = True
+    dsub.add_parser("vendor", help="re-download the vendored assets (npm; GitHub for "
+                                   "stupidtable) and check each against the sha256 in "
+                                   "harness/dashboard_assets/manifest.json (network)")
+    lo = dsub.add_parser("localize", help="copy the vendored assets into HTML_DIR/vendor and "
+                                          "point its pages' CDN URLs at them; fails naming "
+                                          "any other URL they would load")
+    lo.add_argument("html_dir", nargs="?", type=Path, default=Path("results/html"),
+                    help="what `asv publish` wrote (default: results/html)")
+    sh = dsub.add_parser("screenshot", help="PNG of a localized dashboard in headless chromium, "
+                                            "served from 127.0.0.1 with every other host "
+                                            "blocked")
+    sh.add_argument("html_dir", type=Path, help="a localized html_dir")
+    sh.add_argument("out", type=Path, help="the PNG to write (atomically)")
+    sh.add_argument("--page", default="index.html",
+                    help="page to show, with asv's #fragment for a view, e.g. "
+                         "'index.html#bench_gae.GAE.time_gae' (default: index.html, the grid)")
+    sh.add_argument("--window", default="1400x1000", help="WIDTHxHEIGHT (default: 1400x1000)")
 
     sub.add_parser("gate", add_help=False,
                    help="the regression gate (python -m harness.gate): regress two commits, "
@@ -579,9 +605,32 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
+def cmd_dashboard(args) -> int:
+    from harness import dashboard
+
+    if args.action == "vendor":
+        written = dashboard.vendor()
+        print(f"{len(written)} files downloaded to {dashboard.ASSETS}, each matching its sha256 "
+              "in manifest.json (pinned there now where it had none)")
+    elif args.action == "localize":
+        done = dashboard.localize(args.html_dir)
+        print(f"{args.html_dir}: {len(done['pages'])} page(s) pointed at "
+              f"{args.html_dir / dashboard.VENDOR_DIR}, {len(done['assets'])} asset(s) copied; "
+              "it loads nothing from the network")
+    else:
+        width, _, height = args.window.partition("x")
+        if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+            raise UsageError(f"--window must be WIDTHxHEIGHT in pixels, e.g. 1400x1000, got "
+                             f"{args.window!r}")
+        print(dashboard.screenshot(args.html_dir, args.out, page=args.page,
+                                   window=(int(width), int(height))))
+    return 0
+
+
 COMMANDS = {"doctor": cmd_doctor, "list": cmd_list, "table": cmd_table,
             "build-ext": cmd_build_ext, "env": cmd_env, "asv-table": cmd_asv_table,
-            "train": cmd_train, "run": cmd_run, "compare": cmd_compare}
+            "train": cmd_train, "run": cmd_run, "compare": cmd_compare,
+            "dashboard": cmd_dashboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -276,6 +276,27 @@ def test_compare_new_removed_changed_and_errors():
     assert gate.gate_exit_code(gate.compare(r, "base", "head")) == 2
 
 
+def test_a_value_repeated_every_round_is_shown_but_not_gated():
+    """A case whose rounds all repeat one value per side (measured once per run, in
+    setup_cache) gives a zero-width interval that would make a 30% difference a REGRESSION;
+    it is reported with its ratio and "not gated: measured once per run" instead, in the A/B
+    gate, against a baseline, and left out of the validity study's gated cases."""
+    r = _run({"base": {"once": [1.0] * 10, "timed": NOISE},
+              "head": {"once": [1.3] * 10, "timed": list(reversed(NOISE))}})
+    rows = {row.case: row for row in gate.compare(r, "base", "head")}
+    assert rows["once"].verdict == gate.ONCE_PER_RUN == "not gated: measured once per run"
+    assert rows["once"].ratio == pytest.approx(1.3) and rows["once"].low is None
+    assert rows["timed"].verdict == "no change" and gate.gate_exit_code(rows.values()) == 0
+    assert gate.once_per_run([2.0, 2.0]) and not gate.once_per_run([2.0])
+    assert not gate.once_per_run([2.0, 2.0 + 1e-12])
+    stored = gate.baseline_rows(_run({"head": {"once": [1.0] * 10}}), "head", "abc")
+    later = gate.compare_baseline(_run({"head": {"once": [1.3] * 10}}), "head", stored)
+    assert [(row.verdict, round(row.ratio, 6)) for row in later] == [(gate.ONCE_PER_RUN, 1.3)]
+    aa = _run({"A": {"once": [1.0] * 10, "timed": NOISE}, "A'": {"once": [1.0] * 10,
+                                                                 "timed": NOISE}})
+    assert gate.validity.gated_cases(aa) == ["timed"]
+
+
 def test_side_order_alternates_and_rotates():
     assert [gate.side_order(2, i) for i in range(3)] == [[0, 1], [1, 0], [0, 1]]
     assert sorted(tuple(gate.side_order(3, i)) for i in range(3)) == [

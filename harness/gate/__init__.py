@@ -2,6 +2,8 @@
 
     nox -s regress [-- BASE HEAD]       python -m harness.gate regress [BASE] [HEAD] [-b REGEX]
     nox -s regress -- --save-baseline   results/baseline/<machine>.csv (then --against-baseline)
+    nox -s regress -- --history N       each of the last N commits of main against its parent
+    python -m harness.gate list         the default selection (GATE_CASES), each case's family
     nox -s gate_validity                noise controls, A/A false alarms, injected slowdowns
     nox -s versions                     the same benchmarks on torchrl 0.13.3 and 0.14.1
 
@@ -9,6 +11,9 @@ BASE defaults to the merge base of HEAD with main (HEAD's parent when HEAD is on
 of ``.`` is the working tree with its uncommitted changes. Exit 1 only when a benchmark got
 slower by more than the threshold AND the slowdown is significant; exit 2 when HEAD could not
 run a benchmark; the Markdown table lists every benchmark with its ratio, interval and verdict.
+The default selection (``cases.GATE_CASES``) has a case from every bench module and family; a
+benchmark that skips itself (a backend or device missing here) is a ``skipped: reason`` row,
+never a failure.
 The measurements behind the defaults (error rates, noise, timings) are in the README's
 "Regression gate" section and ``results/gate/``; this package describes the design.
 
@@ -23,7 +28,8 @@ How a run works (one module per concern)
   (5 to 25 of them), ``teardown``; the same-round calibration workload between cases. It owns
   the test-only slowdown knob (``RLGAUGE_INJECT_SLOWDOWN``).
 - Noise controls in every worker (``cases.Settings``): 1 torch thread (and OMP/MKL), pinned to
-  one CPU, warm-up, many samples, interleaving; the round's value of a case is the 10th
+  one CPU for the rounds (the servers import and warm up before they pin, side by side on all
+  CPUs), warm-up, many samples, interleaving; the round's value of a case is the 10th
   percentile of its samples' **process CPU time** (``time.process_time``, scaled by the
   benchmark's own ``timer``, e.g. per operation).
 - ``compare`` + ``stats``: per case the paired log ratios head/base of the rounds, their
@@ -32,9 +38,13 @@ How a run works (one module per concern)
   interval above 1. track_* throughput (``.../s``, fps, returns) is higher-is-better, so a
   *drop* fails; units like fractions, ratios and errors are "not gated"
   (``harness.comparison.direction``). A benchmark whose own source differs between the sides
-  is reported but not gated (as asv starts a new series).
-- ``baseline``: HEAD against a stored CSV (advisory); ``validity`` and ``noise``: the studies
-  that measure the gate itself; ``cli``: ``python -m harness.gate``.
+  is reported but not gated (as asv starts a new series), and so is one whose rounds all
+  repeat one value (measured once per run, in ``setup_cache``: bench_training's ``Training``):
+  its rounds are copies, not replicates.
+- ``baseline``: HEAD against a stored CSV (advisory); ``history``: the step history, each
+  commit of main against its parent, every pair's rounds kept under ``results/gate/history/``
+  and reused; ``validity`` and ``noise``: the studies that measure the gate itself; ``cli``:
+  ``python -m harness.gate``.
 
 Why not ``asv continuous``
 --------------------------
@@ -72,6 +82,7 @@ from harness.gate.cases import (
     DEFAULT_ROUNDS,
     DEFAULT_STAT,
     DEFAULT_THRESHOLD,
+    FAMILIES,
     GATE_CASES,
     INJECT_ENV,
     ROOT,
@@ -79,19 +90,23 @@ from harness.gate.cases import (
     VERSION_CASES,
     Settings,
     case_direction,
+    case_family,
     split_case,
 )
 from harness.gate.cli import main
 from harness.gate.compare import (
+    ONCE_PER_RUN,
     Method,
     Row,
     compare,
     gate_exit_code,
     markdown,
+    once_per_run,
     paired_log_ratios,
     round_value,
     verdict,
 )
+from harness.gate.history import History, first_parent_pairs, settings_key
 from harness.gate.noise import NOISE_SIDES, noise_report
 from harness.gate.runner import (
     RUN_FORMAT,
@@ -126,14 +141,16 @@ from harness.gate.validity import (
 
 __all__ = [
     "BASELINE_COLUMNS", "BASELINE_FORMAT", "DEFAULT_CLOCK", "DEFAULT_CONFIDENCE",
-    "DEFAULT_NORMALISE", "DEFAULT_ROUNDS", "DEFAULT_STAT", "DEFAULT_THRESHOLD", "GATE_CASES",
-    "INJECT_ENV", "METHODS", "NOISE_SIDES", "OPTIONAL_BASELINE_COLUMNS", "ROOT", "RUN_FORMAT",
-    "STATS", "VALIDITY_CASES", "VALIDITY_SIZES", "VERSION_CASES", "WORKTREE", "Method",
-    "Rates", "Row", "Run", "Settings", "Side", "baseline_rows", "case_direction",
+    "DEFAULT_NORMALISE", "DEFAULT_ROUNDS", "DEFAULT_STAT", "DEFAULT_THRESHOLD", "FAMILIES",
+    "GATE_CASES", "INJECT_ENV", "METHODS", "NOISE_SIDES", "ONCE_PER_RUN",
+    "OPTIONAL_BASELINE_COLUMNS", "ROOT", "RUN_FORMAT", "STATS", "VALIDITY_CASES",
+    "VALIDITY_SIZES", "VERSION_CASES", "WORKTREE", "History", "Method", "Rates", "Row", "Run",
+    "Settings", "Side", "baseline_rows", "case_direction", "case_family",
     "check_baseline_hardware", "choose_defaults", "chosen_false_alarms", "compare",
-    "compare_baseline", "default_base", "export_tree", "gate_exit_code", "hodges_lehmann",
-    "load_baseline", "main", "markdown", "noise_report", "paired_log_ratios", "quantile",
-    "resolve", "robust_sd", "round_value", "run", "save_baseline", "side_order",
-    "signed_rank_cdf", "split_case", "validity_rates", "validity_report", "validity_sides",
-    "verdict", "welch_interval", "wilson",
+    "compare_baseline", "default_base", "export_tree", "first_parent_pairs", "gate_exit_code",
+    "hodges_lehmann", "load_baseline", "main", "markdown", "noise_report",
+    "once_per_run", "paired_log_ratios", "quantile", "resolve", "robust_sd", "round_value",
+    "run", "save_baseline", "settings_key", "side_order", "signed_rank_cdf", "split_case",
+    "validity_rates", "validity_report", "validity_sides", "verdict", "welch_interval",
+    "wilson",
 ]

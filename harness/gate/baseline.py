@@ -31,7 +31,14 @@ from harness.gate.cases import (
     DEFAULT_THRESHOLD,
     split_case,
 )
-from harness.gate.compare import CODE_CHANGED, Row, case_status, round_value, verdict
+from harness.gate.compare import (
+    CODE_CHANGED,
+    ONCE_PER_RUN,
+    Row,
+    case_status,
+    round_value,
+    verdict,
+)
 from harness.gate.stats import STATS, quantile, welch_interval
 
 if TYPE_CHECKING:
@@ -145,7 +152,9 @@ def compare_baseline(run_: Run, side: str, baseline: Sequence[dict], *,
                      threshold: float = DEFAULT_THRESHOLD,
                      confidence: float = DEFAULT_CONFIDENCE) -> list[Row]:
     """Rows for ``side`` of ``run_`` against a stored baseline: calibration-normalised values
-    (machine speed on the day divides out), Welch's interval on the log scale."""
+    (machine speed on the day divides out), Welch's interval on the log scale; a case whose
+    raw rounds repeat one value on both sides (spread 0: measured once per run) is not
+    gated."""
     current = {f"{r['benchmark']}({r['params']})" if r["params"] else r["benchmark"]: r
                for r in baseline_rows(run_, side, "")}
     stored = {f"{r['benchmark']}({r['params']})" if r["params"] else r["benchmark"]: r
@@ -160,6 +169,11 @@ def compare_baseline(run_: Run, side: str, baseline: Sequence[dict], *,
                                             else "removed")
             rows.append(Row(case, ref["unit"], ref["direction"], b and b["median"],
                             h and h["median"], None, None, None, 0, text))
+            continue
+        if b["spread"] == 0 and h["spread"] == 0:  # every round repeated one value each
+            rows.append(Row(case, h["unit"], h["direction"], b["median"], h["median"],
+                            h["median"] / b["median"] if b["median"] else None, None, None, 1,
+                            ONCE_PER_RUN))
             continue
         est, lo, hi = welch_interval(b["norm_log_mean"], b["norm_log_sd"], b["rounds"],
                                      h["norm_log_mean"], h["norm_log_sd"], h["rounds"],

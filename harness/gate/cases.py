@@ -15,16 +15,72 @@ from harness.gate.worker import INJECT_SLOWDOWN_ENV, SUPPORTED, Settings, select
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: the default gate, one or two fast CPU cases per component (GAE, env step, replay buffer,
-#: loss update): the cases whose error rates ``nox -s gate_validity`` measures. All time_*:
-#: track_* values are timed by the benchmark itself on the wall clock, far noisier.
+#: The default gate: every bench module, one CPU case per family, each at the typical size whose
+#: regression would cost users most among those cheap enough for ``nox -s regress`` to stay
+#: within 5 minutes on 2 cores (what one round of each costs, measured with the gate's own
+#: worker, is in the README's "Regression gate" section). All time_* (process CPU time, one
+#: value per round) except bench_training's, which the benchmark measures once per run (see
+#: there). Left out, and why: ``ListStorage`` (no reference algorithm or recipe uses it, and
+#: refilling 1e4 Python objects costs ~1 s a round), ``MultiCollect`` (multi-process
+#: collectors, used by no reference algorithm: measured once per run in a ~40 s
+#: ``setup_cache`` per side, their work in processes the CPU clock does not see) and
+#: ``RecipeTraining`` (once per run, ~35 s per side); ``-b`` selects any of them.
 GATE_CASES = (
+    # GAE and TD(λ): the native kernel at a PPO-sized batch (64 envs x 1000 steps) and
+    # torchrl's vectorised estimator (its fastest CPU path at 8 x 1000), for both estimators
     "bench_gae.GAE.time_gae(device=cpu, impl=rlgauge, shape=64x1000)",
     "bench_gae.GAE.time_gae(device=cpu, impl=torchrl_vec, shape=8x1000)",
+    "bench_gae.TDLambda.time_td_lambda(device=cpu, impl=rlgauge, shape=64x1000)",
+    "bench_gae.TDLambda.time_td_lambda(device=cpu, impl=torchrl_vec, shape=8x1000)",
+    # env backends through torchrl, as the algorithms get them: gymnasium and dm_control with
+    # one env (the wrapper's per-step cost; dm_control's SerialEnv of 8 costs ~4 s a round),
+    # envpool and the probes with 8 (their native batching is what they are for)
     "bench_envs.EnvStep.time_steps(device=cpu, case=gymnasium/cartpole, num_envs=1, "
     "impl=torchrl)",
+    "bench_envs.EnvStep.time_steps(device=cpu, case=dm_control/cartpole-balance, num_envs=1, "
+    "impl=torchrl)",
+    "bench_envs.EnvStep.time_steps(device=cpu, case=envpool/cartpole, num_envs=8, "
+    "impl=torchrl)",
+    "bench_envs.EnvStep.time_steps(device=cpu, case=probe/constant-truncated, num_envs=8, "
+    "impl=torchrl)",
+    # replay buffers, each sampler family as a reference algorithm uses it: uniform (DQN),
+    # without replacement (PPO's minibatches), prioritized sample + priority update
+    # (prioritized DQN; 1e6 rows, where the sum tree is deepest), slices (recurrent DQN;
+    # uncached, what its first sample after every extend costs); the memory-mapped storage's
+    # extend at 1e6 rows (the storage for buffers too big for RAM; every collected batch)
     "bench_buffers.Sample.time_sample(device=cpu, storage=tensor, sampler=random, size=10000)",
+    "bench_buffers.Sample.time_sample(device=cpu, storage=tensor, sampler=without_replacement, "
+    "size=10000)",
+    "bench_buffers.UpdatePriority.time_sample_update(device=cpu, storage=tensor, size=1000000)",
+    "bench_buffers.Sample.time_sample(device=cpu, storage=tensor, sampler=slice, size=10000)",
+    "bench_buffers.Extend.time_extend(device=cpu, storage=memmap, sampler=random, "
+    "size=1000000)",
+    # losses: the whole update (loss, backward, optimiser step) of every reference algorithm
+    # at batch 256, the size of the minibatches they train on
     "bench_losses.Loss.time_update(device=cpu, algorithm=ppo, batch=256)",
+    "bench_losses.Loss.time_update(device=cpu, algorithm=dqn, batch=256)",
+    "bench_losses.Loss.time_update(device=cpu, algorithm=ddpg, batch=256)",
+    "bench_losses.Loss.time_update(device=cpu, algorithm=recurrent_dqn, batch=256)",
+    "bench_losses.Loss.time_update(device=cpu, algorithm=recurrent_ppo, batch=256)",
+    # collectors: PPO's configuration (8 envs, its MLP actor), and one env with the
+    # collector's random policy on the pure-torch probe env (the collector's own per-frame
+    # overhead, DQN's and DDPG's warm-up phase)
+    "bench_collectors.Collect.time_frame(device=cpu, case=gymnasium/cartpole, num_envs=8, "
+    "policy=mlp)",
+    "bench_collectors.Collect.time_frame(device=cpu, case=probe/constant-truncated, "
+    "num_envs=1, policy=random)",
+    # recipes: the pixel pipeline's step (render, ToTensorImage, GrayScale, Resize, ...), the
+    # heaviest collector workload of the suite
+    "bench_recipes.PixelStep.time_steps(device=cpu, impl=recipe)",
+    # training throughput of every reference algorithm (µs per frame of a short run): NOT
+    # GATED. Training trains once per run (setup_cache, all algorithms, ~20 s per side), so
+    # every round repeats one value: no interval; the table shows the ratio as information
+    # ("not gated: measured once per run", compare.ONCE_PER_RUN)
+    "bench_training.Training.track_us_per_frame(algorithm=ppo)",
+    "bench_training.Training.track_us_per_frame(algorithm=dqn)",
+    "bench_training.Training.track_us_per_frame(algorithm=ddpg)",
+    "bench_training.Training.track_us_per_frame(algorithm=recurrent_dqn)",
+    "bench_training.Training.track_us_per_frame(algorithm=recurrent_ppo)",
 )
 #: the cross-version table: GAE (torchrl's kernels), env step, replay buffer, loss update
 VERSION_CASES = (
@@ -58,9 +114,46 @@ DEFAULT_STAT = "q10"  # of the round's samples: less spread than the median
 INJECT_ENV = INJECT_SLOWDOWN_ENV  # the test-only slowdown knob (harness.gate.worker)
 
 __all__ = ["DEFAULT_CLOCK", "DEFAULT_CONFIDENCE", "DEFAULT_NORMALISE", "DEFAULT_ROUNDS",
-           "DEFAULT_STAT", "DEFAULT_THRESHOLD", "GATE_CASES", "INJECT_ENV", "ROOT", "SUPPORTED",
-           "Settings", "VALIDITY_CASES", "VERSION_CASES", "case_direction", "case_meta",
-           "selector", "split_case"]
+           "DEFAULT_STAT", "DEFAULT_THRESHOLD", "FAMILIES", "GATE_CASES", "INJECT_ENV", "ROOT",
+           "SUPPORTED", "Settings", "VALIDITY_CASES", "VERSION_CASES", "case_direction",
+           "case_family", "case_meta", "case_params", "selector", "split_case"]
+
+
+#: bench module -> (what it measures, the parameters that name a case's family); ``list``
+#: shows the family of every case (``case_family``)
+FAMILIES = {
+    "bench_buffers": ("replay buffer", ("storage", "sampler")),
+    "bench_collectors": ("collector", ("num_envs", "policy", "collector")),
+    "bench_envs": ("env backend", ("case",)),
+    "bench_gae": ("GAE / TD(λ)", ("impl", "estimator")),
+    "bench_losses": ("loss", ("algorithm",)),
+    "bench_recipes": ("recipe", ("impl", "recipe")),
+    "bench_training": ("training", ("algorithm",)),
+}
+
+
+def case_params(cid: str) -> dict[str, str]:
+    """A case id's parameters: ``{"device": "cpu", "impl": "rlgauge", ...}``."""
+    params = split_case(cid)[1]
+    return dict(p.split("=", 1) for p in params.split(", ")) if params else {}
+
+
+def case_family(cid: str) -> str:
+    """What a case stands for, from its module, class and family parameters (``FAMILIES``):
+    ``replay buffer: Sample tensor/random``, ``env backend: EnvStep gymnasium``, ``loss: Loss
+    ppo``. An env case names its backend (``case=gymnasium/cartpole``: ``gymnasium``)."""
+    name = split_case(cid)[0]
+    module, _, rest = name.partition(".")
+    owner = rest.rsplit(".", 1)[0] if "." in rest else rest
+    topic, keys = FAMILIES.get(module, (module, ()))
+    params = case_params(cid)
+    if owner.startswith("UpdatePriority"):  # prioritized by definition
+        params.setdefault("sampler", "prioritized")
+    values = [params[k].split("/", 1)[0] if module == "bench_envs" and k == "case"
+              else params[k] for k in keys if k in params]
+    if module == "bench_collectors" and "num_envs" in params:
+        values[0] = f"{params['num_envs']} env{'s' if params['num_envs'] != '1' else ''}"
+    return f"{topic}: {owner}" + (f" {'/'.join(values)}" if values else "")
 
 
 def case_direction(method: str, unit: str | None, declared: bool | None = None) -> str:

@@ -1,10 +1,11 @@
 """``python -m harness.gate``: the gate's command line (``main(argv) -> int``).
 
-Subcommands: ``regress`` (BASE vs HEAD, or HEAD against a stored baseline), ``validity`` (A/A
-false alarms and injected slowdowns), ``noise`` (which noise controls help), ``versions`` (one
-checkout under two interpreters) and ``list`` (the cases a selection resolves to). Exit codes:
-0 fine, 1 a regression, 2 bad input or a benchmark HEAD could not run (one line naming it),
-3 a worker failed.
+Subcommands: ``regress`` (BASE vs HEAD, HEAD against a stored baseline, or ``--history N``:
+each of the last N commits of main against its parent, ``harness.gate.history``), ``validity``
+(A/A false alarms and injected slowdowns), ``noise`` (which noise controls help), ``versions``
+(one checkout under two interpreters) and ``list`` (the cases a selection resolves to, with
+their families). Exit codes: 0 fine, 1 a regression (``--history``: a commit with a slowdown
+step), 2 bad input or a benchmark HEAD could not run (one line naming it), 3 a worker failed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import atomic
+from harness.errors import UsageError
+from harness.gate import history
 from harness.gate.baseline import (
     baseline_rows,
     check_baseline_hardware,
@@ -41,6 +44,7 @@ from harness.gate.cases import (
     VALIDITY_CASES,
     VERSION_CASES,
     Settings,
+    case_family,
 )
 from harness.gate.compare import REGRESSION, Method, compare, gate_exit_code, markdown
 from harness.gate.noise import NOISE_SIDES, noise_report
@@ -86,7 +90,10 @@ def _emit(text: str, out: Path | None) -> None:
 
 
 def cmd_regress(args) -> int:
-    """Measure BASE and HEAD interleaved (or HEAD against the stored baseline)."""
+    """Measure BASE and HEAD interleaved (or HEAD against the stored baseline, or the step
+    history: ``cmd_history``)."""
+    if args.history is not None:
+        return cmd_history(args)
     machine = args.machine or machine_name()
     baseline_path = args.baseline or ROOT / "results" / "baseline" / f"{machine}.csv"
     revs = list(args.revs)
@@ -160,6 +167,28 @@ def cmd_regress(args) -> int:
     if failed:
         _say(f"REGRESSION in {len(failed)} benchmark(s): {'; '.join(failed)}")
     return gate_exit_code(rows)
+
+
+def cmd_history(args) -> int:
+    """Each of the last N commits of main (first-parent) against its parent, stored pairs
+    reused; the table of steps and the line naming the commits (``harness.gate.history``)."""
+    revs = list(args.revs)
+    if len(revs) > 1:
+        raise UsageError(f"--history takes one REV, the newest commit (default: main); got "
+                         f"{len(revs)}: {' '.join(revs)}")
+    if args.save_baseline or args.against_baseline:
+        raise UsageError("--history compares each commit with its parent; it does not take "
+                         "--save-baseline or --against-baseline")
+    if args.raw:
+        raise UsageError(f"--raw: --history keeps every pair's run file under "
+                         f"{history.STORE.relative_to(ROOT)}/")
+    result = history.history(
+        args.history, tip=revs[0] if revs else None, **_selection(args),
+        settings=_settings(args), rounds=args.rounds, machine=args.machine,
+        method=Method(args.clock, args.stat, args.normalise), threshold=args.threshold,
+        confidence=args.confidence, progress=_say)
+    _emit(result.markdown(), args.out)
+    return result.exit_code()
 
 
 def _command(part: str, argv: Sequence[str]) -> str:
@@ -267,9 +296,11 @@ def cmd_versions(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
-    """The cases a selection resolves to, in a checkout (imports it here)."""
-    rev = resolve(args.rev)
+def list_cases(rev: str = WORKTREE, cases: Sequence[str] = GATE_CASES,
+               regex: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """(case ids, {module: import error}) of a selection in checkout ``rev``: the worker's own
+    discovery (``worker.discover``), run in a fresh interpreter on an export of ``rev``."""
+    rev = resolve(rev)
     with tempfile.TemporaryDirectory(prefix="rlgauge-gate-list-") as tmp:
         tree = export_tree(rev, Path(tmp) / "tree")
         code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
@@ -281,16 +312,34 @@ def cmd_list(args) -> int:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         env.pop(INJECT_ENV, None)
         proc = subprocess.run([sys.executable, "-c", code, str(tree), str(WORKER_PY),
-                               json.dumps(list(GATE_CASES)), args.bench or ""],
+                               json.dumps(list(cases)), regex or ""],
                               capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1])
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    for cid in found["cases"]:
-        print(cid)
-    for module, err in found["errors"].items():
+    return found["cases"], found["errors"]
+
+
+def cmd_list(args) -> int:
+    """The cases a selection resolves to in a checkout (imported in a fresh interpreter), one
+    line each: the case's family (``cases.case_family``), then its id; the default selection
+    in GATE_CASES' order."""
+    rev = resolve(args.rev)
+    found, errors = list_cases(rev, GATE_CASES, args.bench)
+    if not args.bench:
+        order = {cid: i for i, cid in enumerate(GATE_CASES)}
+        found = sorted(found, key=order.__getitem__)
+        for cid in GATE_CASES:
+            if cid not in found:
+                print(f"# not found in {_short(rev)}: {cid}", file=sys.stderr)
+    width = max((len(case_family(c)) for c in found), default=0)
+    for cid in found:
+        print(f"{case_family(cid):<{width}}  {cid}")
+    for module, err in errors.items():
         print(f"# {module}: {err}", file=sys.stderr)
-    _say(f"{len(found['cases'])} case(s) in {_short(rev)}")
+    modules = sorted({c.split(".", 1)[0] for c in found})
+    _say(f"{len(found)} case(s) in {_short(rev)}, from {len(modules)} module(s): "
+         f"{', '.join(modules)}")
     return 0
 
 
@@ -313,7 +362,8 @@ def _parser():
     r = sub.add_parser("regress", help="BASE vs HEAD, interleaved; exit 1 on a regression")
     r.add_argument("revs", nargs="*", metavar="REV",
                    help="[BASE] [HEAD] (default: merge base with main, HEAD); '.' = the "
-                        "working tree with uncommitted changes")
+                        "working tree with uncommitted changes; with --history: [TIP], the "
+                        "newest commit (default: main)")
     common(r, DEFAULT_ROUNDS)
     r.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     r.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
@@ -328,6 +378,13 @@ def _parser():
     r.add_argument("--baseline", type=Path, help="baseline CSV (default: "
                                                  "results/baseline/<machine>.csv)")
     r.add_argument("--machine", help="machine name (default: $RLGAUGE_MACHINE or hostname)")
+    r.add_argument("--history", type=int, metavar="N",
+                   help="step history: each of the last N commits of main (first-parent; REV: "
+                        "another newest commit) against its parent, interleaved per pair; "
+                        "names the commits with a significant change beyond the threshold "
+                        "(exit 1 if one is a slowdown). Each pair's rounds are kept under "
+                        "results/gate/history/<machine>/<commit>/<settings>/; a rerun measures "
+                        "only what is not stored")
 
     v = sub.add_parser("validity", help="A/A false alarms and injected-slowdown detection")
     common(v, DEFAULT_ROUNDS)
@@ -346,7 +403,7 @@ def _parser():
     vs.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     vs.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
 
-    ls = sub.add_parser("list", help="the cases a selection resolves to")
+    ls = sub.add_parser("list", help="the cases a selection resolves to, with their family")
     ls.add_argument("rev", nargs="?", default=WORKTREE)
     ls.add_argument("-b", "--bench", metavar="REGEX")
     return p

@@ -3,9 +3,11 @@ the rounds, their Hodges-Lehmann interval, the verdict, the exit code, the Markd
 
 Verdict words (``harness.comparison``'s vocabulary): ``REGRESSION`` (fails the gate),
 ``improved``, ``slower``/``faster`` (significant but within the threshold), ``no change``,
-``not gated`` (an info metric), ``error: ...``, ``new``/``removed``, and a suffix
-``(benchmark code changed: not gated)`` when the benchmark's own source differs between the
-sides (as asv starts a new series).
+``not gated`` (an info metric), ``not gated: measured once per run`` (every round repeated one
+value: ``once_per_run``), ``skipped: ...`` (the benchmark skipped itself, e.g. a backend that
+is not installed), ``error: ...``, ``new``/``removed``, and a suffix ``(benchmark code changed:
+not gated)`` when the benchmark's own source differs between the sides (as asv starts a new
+series).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ REGRESSION, IMPROVED = comparison.REGRESSION, comparison.IMPROVED
 NO_CHANGE, NOT_GATED = comparison.NO_CHANGE, comparison.NOT_GATED
 SLOWER, FASTER = "slower", "faster"  # significant, within the threshold (speeds or not)
 CODE_CHANGED = " (benchmark code changed: not gated)"
+ONCE_PER_RUN = f"{NOT_GATED}: measured once per run"
 MISSING = "–"  # a table cell without a value
 
 
@@ -124,6 +127,25 @@ class Row:
         return split_case(self.case)[1]
 
 
+def once_per_run(values: Sequence[float]) -> bool:
+    """Did every round repeat one value? Then the benchmark measured once per run -- in
+    ``setup_cache``, which the worker computes once per side and run (bench_training's
+    ``Training``, ``MultiCollect``, ``RecipeTraining``) -- and its rounds are copies, not
+    replicates: a zero-width interval that would call any difference significant. (Two
+    measurements of a clock are never bit-identical.)"""
+    return len(values) >= 2 and len(set(values)) == 1
+
+
+def side_values(run_: Run, side: str, case: str, *, direction_: str,
+                rounds: Iterable[int] | None = None, clock: str = DEFAULT_CLOCK,
+                stat: str = DEFAULT_STAT) -> list[float]:
+    """``side``'s raw round values of ``case`` (``round_value``, not normalised), in order."""
+    rounds = range(len(run_.rounds)) if rounds is None else rounds
+    return [v for i in rounds if side in run_.rounds[i] and (v := round_value(
+        run_.rounds[i][side], case, normalise=False, direction_=direction_, clock=clock,
+        stat=stat)) is not None]
+
+
 def case_status(run_: Run, side: str, case: str) -> str | None:
     """None when ``side`` measured ``case``; else ``skipped: ...``, ``error: ...`` or
     ``absent``."""
@@ -168,19 +190,19 @@ def compare(run_: Run, base: str, head: str, *, threshold: float = DEFAULT_THRES
         meta = hinfo.get("cases", {}).get(case) or binfo.get("cases", {}).get(case) or {}
         unit, dir_ = meta.get("unit", ""), meta.get("direction", comparison.INFO)
         bstat, hstat = case_status(run_, base, case), case_status(run_, head, case)
-        medians = []
-        for side in (base, head):
-            vals = [v for i, r in enumerate(run_.rounds) if (rounds is None or i in rounds)
-                    and side in r and (v := round_value(r[side], case, normalise=False,
-                                                        direction_=dir_, clock=clock,
-                                                        stat=stat)) is not None]
-            medians.append(statistics.median(vals) if vals else None)
+        values = [side_values(run_, side, case, direction_=dir_, rounds=rounds, clock=clock,
+                              stat=stat) for side in (base, head)]
+        medians = [statistics.median(vals) if vals else None for vals in values]
         if hstat or bstat:
             status = hstat if hstat and hstat != "absent" else bstat
             text = {"absent": "new" if hstat is None else "removed"}.get(status, status)
             if hstat is None and bstat and bstat.startswith(("skipped", "error")):
                 text = f"base {bstat}"
             rows.append(Row(case, unit, dir_, *medians, None, None, None, 0, text))
+            continue
+        if all(once_per_run(vals) for vals in values):  # one measurement a side: no test
+            ratio = medians[1] / medians[0] if medians[0] else None
+            rows.append(Row(case, unit, dir_, *medians, ratio, None, None, 1, ONCE_PER_RUN))
             continue
         d = paired_log_ratios(run_, base, head, case, normalise=normalise, direction_=dir_,
                               rounds=rounds, clock=clock, stat=stat)

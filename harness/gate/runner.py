@@ -60,6 +60,7 @@ sys.exit(_load('_rlgauge_gate_worker', sys.argv[1]).worker_main(sys.argv[3:]))
 
 
 WORKTREE = "."  # a rev of "." means the checkout as it is, uncommitted changes included
+MAIN_REFS = ("main", "origin/main", "master", "origin/master")  # the main branch: the first found
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
@@ -69,16 +70,25 @@ def git(*args: str, cwd: Path = ROOT) -> str:
     return proc.stdout.strip()
 
 
-def resolve(rev: str) -> str:
-    """The full commit sha of ``rev`` (or WORKTREE); ValueError naming the bad rev."""
+def is_shallow(repo: Path = ROOT) -> bool:
+    """Is ``repo`` a shallow clone (history cut off at some depth)? False when it is not a
+    git repository at all."""
+    try:
+        return git("rev-parse", "--is-shallow-repository", cwd=repo) == "true"
+    except ValueError:
+        return False
+
+
+def resolve(rev: str, repo: Path = ROOT) -> str:
+    """The full commit sha of ``rev`` (or WORKTREE) in ``repo``; ValueError naming the bad
+    rev."""
     if rev == WORKTREE:
         return WORKTREE
     try:
-        return git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+        return git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", cwd=repo)
     except ValueError:
-        shallow = (ROOT / ".git" / "shallow").exists()
         hint = (" (this clone is shallow: fetch full history, e.g. `git fetch --unshallow`)"
-                if shallow else "")
+                if is_shallow(repo) else "")
         raise ValueError(f"unknown git revision {rev!r}{hint}") from None
 
 
@@ -86,7 +96,7 @@ def default_base(head: str = "HEAD") -> tuple[str, str]:
     """(rev, why): the merge base of ``head`` with main (origin/main), or ``head``'s parent
     when ``head`` is on main already."""
     head_sha = resolve("HEAD" if head == WORKTREE else head)
-    for main in ("main", "origin/main", "master", "origin/master"):
+    for main in MAIN_REFS:
         with contextlib.suppress(ValueError):
             base = git("merge-base", head_sha, resolve(main))
             if base != head_sha:
@@ -97,15 +107,15 @@ def default_base(head: str = "HEAD") -> tuple[str, str]:
     return resolve(f"{head_sha}~1"), "no main branch: the parent of HEAD"
 
 
-def export_tree(rev: str, dest: Path) -> Path:
-    """The tracked files of commit ``rev`` under ``dest`` (git archive: no worktree, no index,
-    nothing written into .git). WORKTREE: a copy of the checkout's files as they are now
-    (tracked and untracked, not ignored), so that edits made while a run goes on do not
-    reach it."""
+def export_tree(rev: str, dest: Path, repo: Path = ROOT) -> Path:
+    """The tracked files of commit ``rev`` of ``repo`` under ``dest`` (git archive: no
+    worktree, no index, nothing written into .git). WORKTREE: a copy of the checkout's files as
+    they are now (tracked and untracked, not ignored), so that edits made while a run goes on
+    do not reach it."""
     if rev == WORKTREE:
-        listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=repo)
         for rel in filter(None, listed.split("\0")):
-            src = ROOT / rel
+            src = repo / rel
             if src.is_file():
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest / rel)
@@ -113,8 +123,8 @@ def export_tree(rev: str, dest: Path) -> Path:
     import io
     import tarfile
 
-    sha = resolve(rev)
-    data = subprocess.run(["git", "archive", "--format=tar", sha], cwd=ROOT,
+    sha = resolve(rev, repo)
+    data = subprocess.run(["git", "archive", "--format=tar", sha], cwd=repo,
                           capture_output=True, check=True).stdout
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:

@@ -26,8 +26,10 @@ from harness.gate.compare import (
     conditions,
     kn,
     md_table,
+    once_per_run,
     pct,
     round_value,
+    side_values,
     verdict,
 )
 from harness.gate.runner import Run, Side
@@ -61,6 +63,14 @@ def _per_round(run_: Run, base: str, head: str, case: str, direction_: str, meth
         b = round_value(row.get(head, {}), case, direction_=direction_, **method.kw())
         out.append(math.log(b / a) if a and b and a > 0 and b > 0 else None)
     return out
+
+
+def gated_cases(run_: Run, side: str = "A") -> list[str]:
+    """The cases the gate tests: not info metrics, and not measured once per run (their
+    rounds repeat one value: A and A' share it, so they could never alarm nor detect)."""
+    info = run_.info[side]["cases"]
+    return [c for c in sorted(info) if info[c]["direction"] != "info" and not once_per_run(
+        side_values(run_, side, c, direction_=info[c]["direction"]))]
 
 
 def is_alarm(est: float, lo: float, hi: float, threshold: float, direction_: str) -> bool:
@@ -106,8 +116,7 @@ def validity_rates(run_: Run, *, block: int, sizes: Sequence[float], methods=MET
                    seed: int = 0) -> dict:
     """{(kind, method, confidence, threshold): Rates}, kind "blocks" or "resampled"."""
     info = run_.info["A"]
-    cases = sorted(info["cases"])
-    gated = [c for c in cases if info["cases"][c]["direction"] != "info"]
+    gated = gated_cases(run_)
     injectable = [c for c in gated if info["cases"][c]["kind"] == "time"]
     blocks, resampled = trial_sets(len(run_.rounds), block, resamples, seed)
     out: dict = {}
@@ -226,7 +235,7 @@ def validity_report(run_: Run, *, block: int, sizes: Sequence[float] = VALIDITY_
     blocks_r = rates["blocks", method, conf, thr]
     res_r = rates["resampled", method, conf, thr]
     n_blocks = len(run_.rounds) // block
-    gated = [c for c in sorted(info["cases"]) if info["cases"][c]["direction"] != "info"]
+    gated = gated_cases(run_)
     L = [f"# Regression gate validity: machine `{machine_name()}`", "",
          f"Measured with `{command}`." if command else "", "",
          "## Conditions", "", *conditions(run_),

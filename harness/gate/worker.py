@@ -7,9 +7,11 @@ checkout (``PYTHONPATH``): the checkout may be an old commit without ``harness.g
 another one), so nothing here may import rlgauge code, numpy, scipy or pandas. The worker talks
 to the runner over a pipe (one JSON line per event) and writes each round to a JSON file.
 
-- ``prepare``: pin the process (``timing.pin_process``), import the selected benchmarks once
-  (``discover``), warm every case; reply ``ready`` with the cases' metadata (unit, kind,
-  source hash and a declared ``higher_is_better``; the runner turns that into a direction).
+- ``prepare``: set the torch threads (``timing.pin_process``), import the selected benchmarks
+  once (``discover``), warm every case, then pin the server to its CPU (the servers of a run
+  prepare side by side on every CPU; the rounds, forked from the pinned server, run pinned);
+  reply ``ready`` with the cases' metadata (unit, kind, source hash and a declared
+  ``higher_is_better``; the runner turns that into a direction).
 - ``round``: per command, a child forked from the server measures every case once: ``setup``,
   timed warm-up calls, samples for the budget, ``teardown``; the calibration workload runs
   between cases; the cases' order rotates with the round.
@@ -251,7 +253,10 @@ class _Worker:
         self.tree = Path(cfg["tree"])
 
     def prepare(self) -> dict:
-        applied = self.timing.pin_process(self.settings.threads, self.settings.cpu)
+        # threads now; the CPU once warm: the servers of a run prepare at the same time (imports,
+        # setup_cache, warm-up), on every CPU, and the rounds, forked from the pinned server,
+        # run pinned (a fork copies the forking thread only: every thread of a round is new)
+        applied = self.timing.pin_process(self.settings.threads, None)
         if self.cfg.get("compat"):
             from harness import compat  # the measured checkout's compat module
 
@@ -274,6 +279,7 @@ class _Worker:
                 self.cases.remove(case)
                 (self.skipped if "skipped" in outcome else self.errors)[case.id] = \
                     outcome.get("skipped") or outcome["error"]
+        applied["cpu"] = self.timing.pin_process(None, self.settings.cpu)["cpu"]
         versions = {"python": sys.version.split()[0], "torch": torch.__version__}
         for dist in ("torchrl", "tensordict"):
             with contextlib.suppress(Exception):
