@@ -21,9 +21,10 @@ modules (their ``nn.Linear``/``nn.LSTM`` layers called directly; target networks
 recurrent floors run each LSTM once over the whole slice from its stored state and do not
 restart it at episode starts inside a chunk (torchrl's ``LSTMModule`` splits rows there), so
 they are a lower bound. Recurrent DQN's floor computes its TD(λ) target (issue 19's default,
-``lmbda``) with a loop over the slice's steps. The numbers below were measured with its TD(0)
-target, before that change. A timed sample runs the operation as many times as ~50 ms of forwards
-take (``calls_for``; at least once) and the class's ``SampleClock`` divides by that count.
+``lmbda``) with ``harness.estimators.td_lambda_return``; the numbers below were measured with
+its TD(0) target, before that change. A timed sample runs the operation as many times as ~50 ms
+of forwards take (``calls_for``; at least once) and the class's ``SampleClock`` divides by that
+count.
 
 ``FLOORS`` pairs each ``Loss`` method with the ``HandLoss`` one on (device, algorithm, batch);
 tests/test_bench_suite.py checks that both compute the same loss, before and after updates
@@ -286,6 +287,7 @@ def hand_case(algorithm: str, batch, device) -> Case:
     import torch.nn.functional as F
     from torchrl.modules import MLP, LSTMModule
 
+    from harness.estimators import td_lambda_return
     from harness.training import adam
 
     mod, config, built = _build(algorithm, device)
@@ -354,26 +356,17 @@ def hand_case(algorithm: str, batch, device) -> Case:
 
         gamma = config.gamma
         lmbda = getattr(config, "lmbda", 0.0)  # recurrent DQN's multi-step (TD(λ)) target
-        cut = batch["next", "done"].float() if lmbda else None  # the sampler: each slice's end
-
-        def lambda_return(q_next):
-            """Peng's Q(λ) along each slice: G_t = r_t + γ (1 - term_t) ((1 - λ) V_{t+1}
-            + λ G_{t+1}), with V_{t+1} in place of G_{t+1} where the slice (or the row) ends."""
-            out = torch.empty_like(q_next)
-            following = q_next[:, -1]
-            for t in range(q_next.shape[1] - 1, -1, -1):
-                ahead = q_next[:, t] + (1 - cut[:, t]) * (following - q_next[:, t])
-                following = out[:, t] = reward[:, t] + gamma * not_done[:, t] * (
-                    (1 - lmbda) * q_next[:, t] + lmbda * ahead)
-            return out
 
         def dqn_loss():
             q = q_values(net, obs, lambda k: k).gather(-1, action)
             with torch.no_grad():
                 best = q_values(net, next_obs, lambda k: ("next", k)).argmax(-1, keepdim=True)
                 q_next = q_values(target_net, next_obs, lambda k: ("next", k)).gather(-1, best)
-                td_target = (lambda_return(q_next) if lmbda
-                             else reward + gamma * not_done * q_next)
+                # TD(λ) along each slice, cut and bootstrapped where the sampler marks its
+                # end ``done``: the project's own estimator (the native kernel on CPU)
+                td_target = (td_lambda_return(gamma, lmbda, q_next, reward,
+                                              batch["next", "done"], batch[done_key])
+                             if lmbda else reward + gamma * not_done * q_next)
             error = F.smooth_l1_loss(q, td_target, reduction="none")
             if algorithm == "recurrent_dqn":
                 return (error * mask).sum() / mask.sum()
