@@ -228,8 +228,10 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def ray(session: nox.Session) -> None:
-    """The matrix's Ray executor against a local Ray instance (Ray is a large optional
-    dependency, so this test has its own session)."""
+    """The matrix's Ray executor on a local Ray and on a multi-node Ray cluster on this host,
+    every process on 127.0.0.1 (``tests/ray_cluster.py``): cells spread over the nodes, a node
+    killed mid-grid, the driver killed and resumed, nodes with another install, the one-line
+    errors. Ray is a large optional dependency, so these tests have their own session."""
     install(session, "test", "ray")
     session.run("pytest", "tests/test_matrix_ray.py", "-q", *session.posargs)
 
@@ -272,56 +274,21 @@ def gate_validity(session: nox.Session) -> None:
     session.run("python", "-m", "harness.gate", "validity", *pos)
 
 
-#: torchrl versions compared by `nox -s versions` -> the tensordict each needs
-TORCHRL_VERSIONS = {"0.13.3": "0.13.0", "0.14.1": "0.14.3"}
-
-
-def _torchrl_venv(session: nox.Session, torchrl: str, tensordict: str) -> str:
-    """A uv venv next to this session's with the pinned set but torchrl/tensordict replaced;
-    returns its python. Fails the session with one line when that torchrl cannot be
-    installed, imported or given its C++ extension here."""
-    import shutil
-
-    if not shutil.which("uv"):
-        session.error("nox -s versions needs `uv` on PATH to build its second environment")
-    venv = Path(session.virtualenv.location).parent / f"versions-torchrl-{torchrl}"
-    python = str(venv / "bin" / "python")
-    lines = [ln for ln in CONSTRAINTS.read_text().splitlines()
-             if not ln.replace(" ", "").lower().startswith(("torchrl==", "tensordict=="))]
-    constraints = Path(session.create_tmp()) / f"constraints-torchrl-{torchrl}.txt"
-    constraints.write_text("\n".join(lines) + "\n")
-    pins = [f"torchrl=={torchrl}", f"tensordict=={tensordict}"]
-    steps = [
-        ("create the venv", ["uv", "venv", "--quiet", "--allow-existing", "--python", PYTHON,
-                             str(venv)]),
-        ("install torch", ["uv", "pip", "install", "--quiet", "--python", python, "-c",
-                           str(constraints), "torch==2.13.0"]),
-        (f"install torchrl {torchrl} / tensordict {tensordict}",
-         ["uv", "pip", "install", "--quiet", "--python", python, "-c", str(constraints), *pins,
-          "-e", f"{ROOT}[run]"]),
-        ("import it", [python, "-c", "import importlib.metadata as m, torchrl, tensordict; "
-                       f"assert m.version('torchrl') == '{torchrl}', m.version('torchrl')"]),
-        ("make its C++ extension load", [python, "-m", "harness", "build-ext"]),
-    ]
-    for what, cmd in steps:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if proc.returncode != 0:
-            last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-            session.error(f"torchrl {torchrl} (tensordict {tensordict}) is unusable here: "
-                          f"could not {what}: {last}")
-    return python
-
-
 @nox.session(python=PYTHON, default=False)
 def versions(session: nox.Session) -> None:
-    """Component benchmarks (GAE, env step, replay buffer, loss update, collector) on torchrl
-    0.13.3 and 0.14.1 side by side -> results/gate/versions-<machine>.md; `-- ARGS` go to
-    `python -m harness.gate versions` (e.g. `--rounds 6`, `-b REGEX`)."""
-    install(session)  # this venv: the pinned set (constraints.txt's torchrl)
-    pinned = next(ln.split("==", 1)[1].strip() for ln in CONSTRAINTS.read_text().splitlines()
-                  if ln.replace(" ", "").lower().startswith("torchrl=="))
-    own = Path(session.virtualenv.location) / "bin" / "python"
-    pythons = [f"{torchrl}={own if torchrl == pinned else _torchrl_venv(session, torchrl, td)}"
-               for torchrl, td in TORCHRL_VERSIONS.items()]
-    session.run("python", "-m", "harness.gate", "versions", *pythons, *session.posargs)
+    """torchrl builds side by side: `-- A B [C ...]`, each a release (`torchrl==0.13.3`),
+    `nightly`, a torchrl source checkout (PATH) or a wheel (FILE.whl); the first is the
+    baseline (default: torchrl==0.13.3 torchrl==0.14.1). Each side gets its own cached venv
+    (.nox/versions-sides/) with torch as pinned, a learning check, then the gate's default
+    selection timed interleaved -> results/gate/versions-<machine>.md (tables, learning, API
+    differences, a reproduction per regression). A side that cannot run here: one line, exit
+    2. `-- --help` for the forms and options (`-b REGEX`, `--rounds`, `--no-learning`)."""
+    install(session, "test")  # a side equal to this venv's pinned set measures in it
+    try:
+        session.run("python", "-m", "harness.gate", "versions", *session.posargs)
+    except nox.command.CommandFailed as exc:
+        # nox exits 1 whatever failed: keep the command's own code (2: a side refused, in one
+        # line; 1: --fail-on-regression; 3: a worker failed)
+        if exc.return_code in (1, 2, 3):
+            raise SystemExit(exc.return_code) from None
+        raise

@@ -6,6 +6,12 @@ discrete ones, Pendulum for DDPG; cartpole-novel for the recurrent ones) once pe
 overall, and the env / policy / update shares of the wall time. All are lower-is-better except
 the shares, which are informational.
 
+``TrainingRun`` times one whole short run per call, each algorithm past its warm-up (a few
+updates' worth of frames, hyper-parameters cut so that a call costs 0.2-0.4 s): the regression
+gate's training case (a value per round, where ``Training`` has one per asv run). It declares
+``gate_warmup = 0`` and ``gate_samples = 1``, which the gate's worker honours: one call per
+round, the server already warm.
+
 ``PPOCollection`` measures, in the same process and interleaved, a bare torchrl ``Collector``
 with PPO's policy and env batch and the collection phase of the reference PPO (its policy
 wrapped in ``TimedPolicy``): the ratio bare/reference time per frame, for information only.
@@ -104,6 +110,49 @@ class Training(RLBenchmark):
         return self.values["update_share"]
 
     track_update_share.unit = "fraction"
+
+
+#: algorithm -> (backend, task, config changes) of TrainingRun's call: each run past its warm-up
+#: (DQN and DDPG start updating half-way, recurrent DQN after one batch), with fewer updates
+#: per batch than the defaults so that one call costs 0.2-0.4 s (CPU time, this VM)
+RUNS = {
+    "ppo": ("gymnasium", "cartpole", {"frames": 512}),  # 2 batches x 20 epochs
+    "dqn": ("gymnasium", "cartpole", {"frames": 128, "train_freq": 64, "gradient_steps": 32,
+                                      "init_random_frames": 64}),
+    "ddpg": ("gymnasium", "pendulum", {"frames": 40, "init_random_frames": 20}),
+    "recurrent_dqn": ("gymnasium", "cartpole-novel", {"frames": 512, "learning_starts": 256,
+                                                      "updates_per_batch": 8}),
+    "recurrent_ppo": ("gymnasium", "cartpole-novel", {"frames": 256, "num_epochs": 5}),
+}
+
+
+class TrainingRun(RLBenchmark):
+    """One short training run per call (``RUNS``): env and modules built, collection, updates,
+    the run's records; CPU, one thread."""
+
+    param_names = ("algorithm",)
+    params = (list(RUNS),)
+    number = 1
+    repeat = (2, 5, 5.0)  # asv: 0.2-0.4 s calls
+    rounds = 1
+    warmup_time = 0
+    gate_warmup = 0  # the gate's worker: no warm-up call in the round (the server is warm) ...
+    gate_samples = 1  # ... and one call per round: 5 algorithms x 2 sides x 10 rounds ~ 30 s
+
+    def setup(self, algorithm):
+        super().setup("cpu")
+        from harness import registry
+        from harness.runs import algorithm_module
+
+        registry.load_builtins()
+        if registry.ALGORITHMS.unavailable_reason(algorithm):
+            raise NotImplementedError(registry.ALGORITHMS.unavailable_reason(algorithm))
+        backend, task, changes = RUNS[algorithm]
+        self.module = algorithm_module(algorithm)
+        self.config = self.module.config_for(backend, task, eval_episodes=0, **changes)
+
+    def time_run(self, algorithm):
+        self.module.train(self.config)
 
 
 def _collect_seconds(batches, n: int) -> float:

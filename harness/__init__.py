@@ -34,7 +34,9 @@ Results and comparisons
 - ``comparison``  -- the one vocabulary of comparisons: direction, verdicts, formatting
 - ``timing`` / ``asv_results`` -- timers and calibration; asv's database as tables
 - ``gate/``       -- the regression gate (worker, runner, cases, stats, compare, baseline,
-  validity, noise, cli); ``compat`` -- torchrl API differences across versions
+  validity, noise, history, versions, cli); ``compat`` -- torchrl API differences across
+  versions (and a record of each one adapted); ``sides`` -- the torchrl builds that ``nox -s
+  versions`` compares, each in its own cached environment, and their learning check
 
 The command line
 - ``cli``         -- ``python -m harness ...`` / ``rlgauge ...`` (``progress``: its bars and log

@@ -5,6 +5,7 @@ the destination directory, flushed and fsynced, then renamed over the destinatio
 itself is made durable by an fsync of the directory. A crash leaves the old file or the new
 one, nothing in between. A copy gets a new inode: uv hard-links site-packages files to its cache,
 so writing *through* an existing file would change every venv made from that cache.
+``locked`` serialises the processes that build one cached thing.
 """
 
 from __future__ import annotations
@@ -69,3 +70,20 @@ def _sync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike):
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the ``with`` block:
+    serialises processes that build the same cached thing at once (two nox sessions starting
+    together)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

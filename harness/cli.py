@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                                                  "--quick, else 7200)")
     m.add_argument("--mem-limit-mb", type=float,
                    help="kill a cell whose resident memory exceeds this (default: the "
-                        "machine's memory / workers)")
+                        "machine's memory / workers; with --executor ray: none, and a "
+                        "given cap is reserved from each node's Ray memory resource)")
     m.add_argument("--retry-failed", action="store_true",
                    help="also re-run cells recorded as failed or timed out")
     m.add_argument("--out", type=Path, default=Path("results/matrix"),
@@ -483,21 +484,30 @@ def cmd_run(args) -> int:
     timeout = args.timeout if args.timeout is not None else (600.0 if args.quick else 7200.0)
     if timeout <= 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {timeout:g}")
-    mem = args.mem_limit_mb if args.mem_limit_mb is not None else _memory_mb() / workers
-    if mem <= 0:
+    # on Ray the default is no reservation: this machine's memory says nothing of the nodes'
+    mem = args.mem_limit_mb if args.mem_limit_mb is not None else (
+        None if args.executor == "ray" else _memory_mb() / workers)
+    if mem is not None and mem <= 0:
         raise UsageError(f"--mem-limit-mb must be > 0, got {mem:g}")
     if args.executor == "ray":
         from harness import matrix_ray
 
-        matrix_ray.check()  # UsageError when ray is not installed
+        matrix_ray.check()  # no ray module, a bad or unreachable $RAY_ADDRESS: UsageError
     specs, skips = matrix.expand(grid)  # every bad name: UsageError before any work
     out = _writable_dir(args.out)
     if args.report_dir is not None:
         _writable_dir(args.report_dir)
     todo = matrix.pending(specs, out, retry_failed=args.retry_failed)
+    where = ""
+    if args.executor == "ray" and todo:
+        # joins the cluster; nodes too small for --threads, or with other versions: UsageError
+        session = matrix_ray.connect(args.threads, mem, local_cpus=workers * args.threads)
+        workers = min(args.workers or session.slots, session.slots)
+        where = f" on {session.describe()}"
+    cap = f"{mem:,.0f} MB" if mem is not None else "no memory reservation"
     print(f"grid: {len(specs)} run(s) + {len(skips)} skipped combination(s); {len(todo)} to run"
-          f", {len(specs) - len(todo)} already in {out}; {workers} worker(s), {timeout:g} s "
-          f"and {mem:,.0f} MB per run", file=sys.stderr)
+          f", {len(specs) - len(todo)} already in {out}; {workers} worker(s){where}, "
+          f"{timeout:g} s and {cap} per run", file=sys.stderr)
     outcome = _run_with_progress(args, specs, skips, out, workers, timeout, mem, len(todo))
     done = ", ".join(f"{n} {s}" for s, n in sorted(outcome.done.items())) or "nothing new"
     print(f"runs: {done}; {outcome.reused} reused; {outcome.skipped} skipped combination(s)",
@@ -509,6 +519,8 @@ def cmd_run(args) -> int:
               f"(launch to results received, minus the run's own work)", file=sys.stderr)
     for label, why in outcome.failures:
         print(f"  FAILED {label}: {why}", file=sys.stderr)
+    for note in getattr(outcome, "notes", ()):  # the Ray executor: nodes used, lost, refused
+        print(f"  {note}", file=sys.stderr)
     if outcome.interrupted:
         print(f"{PROG}: interrupted; finished runs are kept in {out}: re-run the same command "
               f"to run the rest", file=sys.stderr)

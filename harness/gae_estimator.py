@@ -114,7 +114,10 @@ def use_kernel_gae(loss, *, gamma: float, lmbda: float, **kwargs) -> KernelGAE:
     loss's critic, with the loss's tensor keys. Returns the estimator."""
     loss.make_value_estimator(ValueEstimators.GAE, gamma=gamma, lmbda=lmbda, **kwargs)
     estimator = KernelGAE.for_loss(loss, gamma=gamma, lmbda=lmbda, **kwargs)
-    estimator.set_keys(**asdict(loss.value_estimator.tensor_keys))
+    # only the keys that are set: torchrl-nightly's GAE has a ``valid`` key that defaults to
+    # None, and ``set_keys`` refuses None
+    estimator.set_keys(**{k: v for k, v in asdict(loss.value_estimator.tensor_keys).items()
+                          if v is not None})
     # as torchrl's dispatch_value_estimator does: ``loss.value_estimator = ...`` would register
     # a submodule named "value_estimator" that the ``value_estimator`` property never reads
     loss._value_estimator = estimator

@@ -195,10 +195,10 @@ def load(*, verbose: bool = False):
         path = None
         verdict = None
         try:
-            from harness.torchrl_ext import _lock as file_lock
+            from harness import atomic
 
             path = cached_path()
-            with file_lock(path.with_name(".lock")):
+            with atomic.locked(path.with_name(".lock")):
                 built = None
                 if path.exists():
                     how = f"loaded from cache {path}"

@@ -209,20 +209,6 @@ def build(dest: Path, *, verbose: bool = False) -> float:
     return time.perf_counter() - t0
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    """Serialise concurrent builds of one key (two nox sessions starting at once)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure(*, force: bool = False, verbose: bool = False) -> str:
     """Make ``torchrl._torchrl`` load in this environment. Returns what was done, in one line.
 
@@ -243,7 +229,7 @@ def ensure(*, force: bool = False, verbose: bool = False) -> str:
     if target is None:
         raise RuntimeError("torchrl is not installed")
     cached = cached_build()
-    with _lock(cached.with_name(".lock")):
+    with atomic.locked(cached.with_name(".lock")):
         if force or not cached.exists():
             seconds = build(cached, verbose=verbose)
             how = f"built in {seconds:.0f} s (cached at {cached})"
@@ -274,7 +260,7 @@ def _test_installed_rebuild(installed: Path | None) -> str:
             return ""
     except OSError:  # no cached build
         return ""
-    with _lock(cached.with_name(".lock")):
+    with atomic.locked(cached.with_name(".lock")):
         verdict, _ = verdict_for(cached, selftest)
     if not verdict.ok:
         raise RuntimeError(f"the installed torchrl extension (rlgauge's rebuild, cached at "

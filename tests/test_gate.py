@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import itertools
 import json
 import math
 import os
@@ -253,6 +254,18 @@ def test_compare_flags_a_20_percent_slowdown_and_exits_1():
     assert "**REGRESSION**" in gate.markdown(list(rows.values()))
 
 
+def test_a_case_listed_not_gated_is_shown_with_its_verdict_and_never_fails():
+    r = _run({"base": {"a": NOISE, "b": NOISE},
+              "head": {"a": [1.2 * x for x in reversed(NOISE)], "b": list(reversed(NOISE))}})
+    rows = {row.case: row for row in gate.compare(r, "base", "head", threshold=0.05,
+                                                   not_gated={"a": "too noisy here"})}
+    assert rows["a"].verdict == "not gated (too noisy here): REGRESSION"
+    assert rows["a"].ratio == pytest.approx(1.2, rel=0.03)
+    assert rows["b"].verdict == "no change"
+    assert gate.gate_exit_code(rows.values()) == 0
+    assert set(gate.NOT_GATED) <= set(gate.GATE_CASES)  # the list names default cases
+
+
 def test_compare_reads_throughput_the_right_way_round():
     meta = {"fps": {"unit": "frames/s", "direction": "higher", "kind": "track"}}
     faster = _run({"base": {"fps": NOISE}, "head": {"fps": [1.3 * x for x in NOISE]}},
@@ -481,6 +494,96 @@ def test_gate_end_to_end_detects_injected_slowdown(tmp_path):
     assert gate.gate_exit_code(rows.values()) == 1
 
 
+ORDER_BENCH = '''
+import os
+
+
+class Order:
+    params = [["a", "b", "c"]]
+    param_names = ["name"]
+
+    def setup(self, name):
+        with open(os.environ["ORDER_LOG"], "a") as log:
+            log.write(f"{os.environ['ORDER_SIDE']} {name} {os.getpid()}\\n")
+        if name == "b" and os.environ.get("ORDER_CRASH"):  # a counter file: dies on call 3
+            with open(os.environ["ORDER_CRASH"], "a") as calls:
+                calls.write("x")
+            if os.path.getsize(os.environ["ORDER_CRASH"]) == 3:
+                os._exit(3)  # the round's process dies in the middle of the round
+
+    def time_x(self, name):
+        sum(range(100))
+'''
+
+
+def _order_run(tmp_path, interleave):
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "bench_order.py").write_text(ORDER_BENCH)
+    log = tmp_path / "order.log"
+    fast = gate.Settings(budget_s=0.001, warmup=1, min_samples=3, max_samples=3,
+                         calibration_calls=0)
+    sides = [gate.Side(name, tree, settings=fast, env={"ORDER_LOG": str(log),
+                                                       "ORDER_SIDE": name})
+             for name in ("A", "B")]
+    result = gate.run(sides, regex="bench_order", rounds=3, workdir=tmp_path / "work",
+                      interleave=interleave)
+    lines = [ln.split() for ln in log.read_text().splitlines()]
+    return result, [(side, name) for side, name, _ in lines[6:]]  # after the warm-up calls
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
+def test_case_by_case_rounds_measure_each_case_on_both_sides_back_to_back(tmp_path):
+    """interleave="case": within a round, case after case, both sides measure the case one
+    after the other, the side that goes first alternating; "round": each side measures its
+    whole round in turn. Both give the same round files."""
+    result, order = _order_run(tmp_path / "case", "case")
+    assert len(order) == 3 * 3 * 2
+    pairs = [order[i:i + 2] for i in range(0, len(order), 2)]
+    assert all(p[0][1] == p[1][1] and {p[0][0], p[1][0]} == {"A", "B"} for p in pairs), order
+    firsts = [p[0][0] for p in pairs]
+    assert all(x != y for x, y in itertools.pairwise(firsts)), firsts  # A B, B A, A B ...
+    assert [p[0][1] for p in pairs[:3]] == ["a", "b", "c"]  # round 0: unrotated
+    assert [p[0][1] for p in pairs[3:6]] == ["b", "c", "a"]  # round 1: rotated by one
+    assert result.interleave == "case"
+    result_r, order_r = _order_run(tmp_path / "round", "round")
+    assert [side for side, _ in order_r[:6]] == ["A"] * 3 + ["B"] * 3, order_r
+    assert result_r.interleave == "round"
+    for res in (result, result_r):
+        for row in res.rounds:
+            assert set(row) == {"A", "B"}
+            for side in row.values():
+                assert set(side["cases"]) == {f"bench_order.Order.time_x(name={n})"
+                                              for n in "abc"}
+                assert all(len(v["cpu"]) == 3 for v in side["cases"].values())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
+def test_a_round_process_that_dies_mid_round_fails_that_round_only(tmp_path):
+    """A benchmark that kills the round's process: that side's round is an error naming the
+    exit, the other side's round is whole, and the next rounds still run (the server lives)."""
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "bench_order.py").write_text(ORDER_BENCH)
+    fast = gate.Settings(budget_s=0.001, warmup=1, min_samples=3, max_samples=3,
+                         calibration_calls=0)
+    log = tmp_path / "order.log"
+    sides = [gate.Side("A", tree, settings=fast, env={"ORDER_LOG": str(log),
+                                                      "ORDER_SIDE": "A"}),
+             gate.Side("B", tree, settings=fast, env={
+                 "ORDER_LOG": str(log), "ORDER_SIDE": "B",
+                 "ORDER_CRASH": str(tmp_path / "calls")})]  # warm-up, round 0, dies in round 1
+    result = gate.run(sides, regex="bench_order", rounds=3, workdir=tmp_path / "work")
+    errors = [i for i, row in enumerate(result.rounds) if "error" in row["B"]]
+    assert errors == [1], [list(r["B"]) for r in result.rounds]
+    assert "exited with 3" in result.rounds[errors[0]]["B"]["error"]
+    assert all("error" not in row["A"] for row in result.rounds)
+    assert all(len(row["B"]["cases"]) == 3 for i, row in enumerate(result.rounds)
+               if i not in errors)
+
+
 def test_cli_bad_revision_is_one_line_and_exit_2(capsys):
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
@@ -489,9 +592,9 @@ def test_cli_bad_revision_is_one_line_and_exit_2(capsys):
     assert err == ["error: unknown git revision 'no-such-rev-xyz'"]
 
 
-def test_versions_needs_label_and_python(capsys):
-    assert gate.main(["versions", "0.13.3"]) == 2
-    assert "expected LABEL=PYTHON" in capsys.readouterr().err
+def test_versions_refuses_a_side_that_is_no_build(capsys):
+    assert gate.main(["versions", "torchrl==0.14.1", "0.13.3"]) == 2
+    assert capsys.readouterr().err.startswith("error: side '0.13.3': not a side")
 
 
 # --------------------------------------------------------------------------- compat

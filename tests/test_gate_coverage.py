@@ -3,7 +3,8 @@ from every ``bench/bench_*.py`` module, every loss, env backend, sampler family 
 algorithm; every id resolves to a real benchmark and parameter combination in this checkout
 (the worker's own discovery, as ``python -m harness.gate list`` runs it); ``list`` shows each
 case's family; a benchmark that skips itself (a backend not installed) is a ``skipped: reason``
-row, not a failure, and one measured once per run is shown but not gated."""
+row, not a failure, and one measured once per run is shown but not gated; a benchmark's own
+``gate_warmup`` / ``gate_samples`` set its sampling."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_every_default_case_is_a_real_benchmark_and_parameter_combination(suite)
 def test_default_selection_has_every_loss_backend_sampler_and_algorithm(suite):
     chosen = gate.GATE_CASES
     for benchmark, key in [("bench_losses.Loss.time_update", "algorithm"),
-                           ("bench_training.Training.track_us_per_frame", "algorithm")]:
+                           ("bench_training.TrainingRun.time_run", "algorithm")]:
         assert _values(suite, benchmark, key) == _values(chosen, benchmark, key), benchmark
 
     def backends(ids):
@@ -119,6 +120,14 @@ class Once:
 class Plain:
     def time_sum(self):
         sum(x * x for x in range(2000))
+
+
+class Costly:
+    gate_warmup = 0
+    gate_samples = 2
+
+    def time_run(self):
+        sum(x * x for x in range(2000))
 '''
 
 
@@ -145,6 +154,13 @@ def test_skipped_and_once_per_run_cases_are_rows_that_do_not_fail_the_gate(tmp_p
     assert once.verdict == "not gated: measured once per run" and once.low is None
     assert once.ratio == pytest.approx(once.head / once.base)
     assert rows["bench_skips.Plain.time_sum"].verdict in {"no change", "slower", "faster"}
+    # a benchmark's own gate_warmup / gate_samples (bench_training.TrainingRun's) win over the
+    # settings: no warm-up call, exactly 2 samples a round, whatever the budget
+    costly = [r[side]["cases"]["bench_skips.Costly.time_run"] for r in result.rounds
+              for side in ("base", "head")]
+    assert all(c["warmup"] == [] and len(c["cpu"]) == 2 for c in costly), costly[0]
+    assert all(len(r["base"]["cases"]["bench_skips.Plain.time_sum"]["cpu"]) >= 5
+               for r in result.rounds)
     assert gate.gate_exit_code(rows.values()) == 0
     table = gate.markdown(list(rows.values()))
     assert "skipped: backend nope unavailable" in table and "measured once per run" in table

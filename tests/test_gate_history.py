@@ -142,5 +142,6 @@ def test_settings_key_changes_with_what_shapes_the_measurements():
     assert history.settings_key(gate.Settings(), 10) == (key, described)
     assert history.settings_key(gate.Settings(budget_s=0.1), 10)[0] != key
     assert history.settings_key(gate.Settings(), 15)[0] != key
-    assert set(described) == {"settings", "rounds", "python", "torch", "torchrl", "tensordict",
-                              "worker"}
+    assert set(described) == {"settings", "rounds", "interleave", "python", "torch", "torchrl",
+                              "tensordict", "worker"}
+    assert described["interleave"] == "case"

@@ -5,7 +5,8 @@
     nox -s regress -- --history N       each of the last N commits of main against its parent
     python -m harness.gate list         the default selection (GATE_CASES), each case's family
     nox -s gate_validity                noise controls, A/A false alarms, injected slowdowns
-    nox -s versions                     the same benchmarks on torchrl 0.13.3 and 0.14.1
+    nox -s versions -- A B [C ...]      any torchrl builds (releases, nightly, a checkout, a
+                                        wheel) side by side, learning-checked (``versions``)
 
 BASE defaults to the merge base of HEAD with main (HEAD's parent when HEAD is on main); a rev
 of ``.`` is the working tree with its uncommitted changes. Exit 1 only when a benchmark got
@@ -21,12 +22,16 @@ How a run works (one module per concern)
 ----------------------------------------
 - ``runner``: each side is a checkout (``git archive`` of the commit, or a copy of the working
   tree) measured by one server process with ``PYTHONPATH`` at the checkout, so each commit's
-  own ``harness/``, ``reference_impls/`` *and* ``bench/`` are measured; rounds are interleaved
-  (A B, B A, ...), each a child forked from the side's server. ``Run`` is the run file.
+  own ``harness/``, ``reference_impls/`` *and* ``bench/`` are measured; each round is a child
+  forked from the side's server, and within a round the sides take turns case by case (case 1:
+  A then B, case 2: B then A, ...), so the two values of a pair are seconds apart (on this VM
+  the machine's speed drifts on that time scale). ``Run`` is the run file.
 - ``worker``: the server, stdlib only and booted by path (a commit without this package can
   still be measured); per round and case ``setup``, 3 timed warm-up calls, samples for 0.3 s
-  (5 to 25 of them), ``teardown``; the same-round calibration workload between cases. It owns
-  the test-only slowdown knob (``RLGAUGE_INJECT_SLOWDOWN``).
+  (5 to 25 of them), ``teardown`` (a benchmark's own ``gate_warmup`` / ``gate_samples`` win:
+  bench_training's ``TrainingRun``, one short training run a round); the same-round
+  calibration workload between cases. It owns the test-only slowdown knob
+  (``RLGAUGE_INJECT_SLOWDOWN``).
 - Noise controls in every worker (``cases.Settings``): 1 torch thread (and OMP/MKL), pinned to
   one CPU for the rounds (the servers import and warm up before they pin, side by side on all
   CPUs), warm-up, many samples, interleaving; the round's value of a case is the 10th
@@ -40,7 +45,8 @@ How a run works (one module per concern)
   (``harness.comparison.direction``). A benchmark whose own source differs between the sides
   is reported but not gated (as asv starts a new series), and so is one whose rounds all
   repeat one value (measured once per run, in ``setup_cache``: bench_training's ``Training``):
-  its rounds are copies, not replicates.
+  its rounds are copies, not replicates. A default case measured too noisy here to gate
+  (``cases.NOT_GATED``, with why) is shown with its verdict and never fails.
 - ``baseline``: HEAD against a stored CSV (advisory); ``history``: the step history, each
   commit of main against its parent, every pair's rounds kept under ``results/gate/history/``
   and reused; ``validity`` and ``noise``: the studies that measure the gate itself; ``cli``:
@@ -85,6 +91,7 @@ from harness.gate.cases import (
     FAMILIES,
     GATE_CASES,
     INJECT_ENV,
+    NOT_GATED,
     ROOT,
     VALIDITY_CASES,
     VERSION_CASES,
@@ -142,7 +149,7 @@ from harness.gate.validity import (
 __all__ = [
     "BASELINE_COLUMNS", "BASELINE_FORMAT", "DEFAULT_CLOCK", "DEFAULT_CONFIDENCE",
     "DEFAULT_NORMALISE", "DEFAULT_ROUNDS", "DEFAULT_STAT", "DEFAULT_THRESHOLD", "FAMILIES",
-    "GATE_CASES", "INJECT_ENV", "METHODS", "NOISE_SIDES", "ONCE_PER_RUN",
+    "GATE_CASES", "INJECT_ENV", "METHODS", "NOISE_SIDES", "NOT_GATED", "ONCE_PER_RUN",
     "OPTIONAL_BASELINE_COLUMNS", "ROOT", "RUN_FORMAT", "STATS", "VALIDITY_CASES",
     "VALIDITY_SIZES", "VERSION_CASES", "WORKTREE", "History", "Method", "Rates", "Row", "Run",
     "Settings", "Side", "baseline_rows", "case_direction", "case_family",

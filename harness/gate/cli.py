@@ -40,6 +40,7 @@ from harness.gate.cases import (
     DEFAULT_THRESHOLD,
     GATE_CASES,
     INJECT_ENV,
+    NOT_GATED,
     ROOT,
     VALIDITY_CASES,
     VERSION_CASES,
@@ -157,7 +158,8 @@ def cmd_regress(args) -> int:
                        head_label=_short(head)), args.out)
         return gate_exit_code(rows)
     rows = compare(result, "base", "head", threshold=args.threshold,
-                   confidence=args.confidence, **method.kw())
+                   confidence=args.confidence, **method.kw(),
+                   not_gated=None if args.bench else NOT_GATED)
     title = (f"## Regression gate: {_short(base)} → {_short(head)}\n\n{args.rounds} interleaved "
              f"rounds, round value {method}, Hodges-Lehmann {args.confidence:.0%} interval, "
              f"fails on a significant slowdown > {args.threshold:.0%}; {minutes}.")
@@ -256,44 +258,57 @@ def cmd_noise(args) -> int:
 
 
 def cmd_versions(args) -> int:
-    """The same checkout under several interpreters (torchrl versions), interleaved."""
-    sides = []
-    for spec in args.pythons:
-        label, sep, python = spec.partition("=")
-        if not sep or not label or not python:
-            raise ValueError(f"expected LABEL=PYTHON (e.g. 0.13.3=.nox/x/bin/python), got "
-                             f"{spec!r}")
-        if not Path(python).exists():
-            raise ValueError(f"no interpreter at {python!r} (for {label})")
-        sides.append(Side(label, ROOT, python=python, compat=True, label=label,
-                          settings=_settings(args)))
-    if len(sides) != 2:
-        raise ValueError(f"give two LABEL=PYTHON pairs (old, new); got {len(sides)}")
-    selection = {"regex": args.bench} if args.bench else {"cases": VERSION_CASES}
-    with tempfile.TemporaryDirectory(prefix="rlgauge-gate-") as tmp:
-        tree = export_tree(WORKTREE, Path(tmp) / "tree")
-        for side in sides:
-            side.tree = tree
-        result = run(sides, **selection, rounds=args.rounds, progress=_say, workdir=Path(tmp))
+    """torchrl builds side by side (``harness.sides``: releases, nightly, checkouts, wheels,
+    interpreters), each in its own cached environment: refused in one line (exit 2) before any
+    timing when a side cannot be built or imported here; learning-checked; then timed
+    interleaved, each against the first; the report (``harness.gate.versions``) with the API
+    differences ``harness.compat`` absorbed and a reproduction per REGRESSION."""
+    import shlex
+
+    from harness import compat, sides
+    from harness.gate import versions as vreport
+
+    texts = list(args.sides) or list(sides.DEFAULT_SIDES)
+    selection = _selection(args, vreport.selection(GATE_CASES, VERSION_CASES))
+    builds = sides.prepare(texts, envs_dir=args.envs or sides.ENVS_DIR, rebuild=args.rebuild,
+                           progress=_say)
+    command = "nox -s versions -- " + " ".join(shlex.quote(a) for a in args.argv)
+    with tempfile.TemporaryDirectory(prefix="rlgauge-versions-") as tmp:
+        tmp = Path(tmp)
+        logs = {b.name: tmp / f"compat-{i}.jsonl" for i, b in enumerate(builds)}
+        learning = (sides.learning_check(builds, tmp / "learning", compat_logs=logs,
+                                         progress=_say) if args.learning else None)
+        tree = export_tree(WORKTREE, tmp / "tree")
+        gate_sides = [Side(b.name, tree, python=b.python, compat=True, label=b.name,
+                           settings=_settings(args), env={compat.LOG_ENV: str(logs[b.name])})
+                      for b in builds]
+        result = run(gate_sides, **selection, rounds=args.rounds, progress=_say,
+                     workdir=tmp / "gate")
+        adaptations = {b.name: vreport.merge_adaptations(b.adaptations,
+                                                         compat.read_log(logs[b.name]))
+                       for b in builds}
     if args.raw:
         result.save(args.raw)
-    old, new = sides[0].name, sides[1].name
-    vo, vn = result.info[old]["versions"], result.info[new]["versions"]
-    label = {s: f"torchrl {v.get('torchrl')} (tensordict {v.get('tensordict')})"
-             for s, v in ((old, vo), (new, vn))}
-    rows = compare(result, old, new, threshold=args.threshold, confidence=args.confidence)
-    method = Method()
-    title = (f"## Component benchmarks across torchrl versions: machine `{machine_name()}`\n\n"
-             f"Measured with `nox -s versions`: both versions in the same job, "
-             f"{args.rounds} interleaved rounds, round value {method}; ratio = {new} / {old} "
-             f"with its Hodges-Lehmann {args.confidence:.0%} interval; REGRESSION / improved "
-             f"= {new} slower / faster by more than {args.threshold:.0%} (significant). "
-             f"torch {vn.get('torch')}, Python {vn.get('python')}; {result.seconds / 60:.1f} "
-             f"min. API differences absorbed by harness/compat.py.")
+    base = builds[0]
+    comparisons = [(base, b, vreport.mark_broken(
+        compare(result, base.name, b.name, threshold=args.threshold,
+                confidence=args.confidence, not_gated=None if args.bench else NOT_GATED),
+        base.name, b.name, learning))
+        for b in builds[1:]]
+    text = vreport.report(builds=builds, run_=result, comparisons=comparisons,
+                          learning=learning, adaptations=adaptations, side_texts=texts,
+                          command=command, rounds=args.rounds, confidence=args.confidence,
+                          threshold=args.threshold, method=str(Method()))
     out = args.out or ROOT / "results" / "gate" / f"versions-{machine_name()}.md"
-    _emit(markdown(rows, title=title, confidence=args.confidence, base_label=label[old],
-                   head_label=label[new]), out)
-    return 0
+    _emit(text, out)
+    regressions = [f"{r.case} ({b.name})" for _, b, rows in comparisons for r in rows
+                   if r.verdict.startswith(REGRESSION)]
+    broken = [n for n, res in (learning or {}).items() if res.broken]
+    if regressions:
+        _say(f"REGRESSION in {len(regressions)} benchmark(s): {'; '.join(regressions)}")
+    if broken:
+        _say(f"learning BROKEN: {', '.join(broken)}")
+    return 1 if args.fail_on_regression and (regressions or broken) else 0
 
 
 def list_cases(rev: str = WORKTREE, cases: Sequence[str] = GATE_CASES,
@@ -397,11 +412,27 @@ def _parser():
     common(n, 30)
     n.add_argument("--from", dest="from_raw", type=Path, help="re-analyse a --raw file")
 
-    vs = sub.add_parser("versions", help="one checkout under two interpreters, side by side")
-    vs.add_argument("pythons", nargs="+", metavar="LABEL=PYTHON")
+    from harness.gate.versions import HELP as VERSIONS_HELP
+
+    vs = sub.add_parser("versions", help="torchrl builds side by side: releases, nightly, "
+                        "source checkouts, wheels", description=VERSIONS_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    vs.add_argument("sides", nargs="*", metavar="SIDE",
+                    help="a torchrl build (forms above); the first is the baseline (default: "
+                         "torchrl==0.13.3 torchrl==0.14.1)")
     common(vs, DEFAULT_ROUNDS)
     vs.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     vs.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+    vs.add_argument("--learning", action=argparse.BooleanOptionalAction, default=True,
+                    help="the learning check on every side before timing (default: on)")
+    vs.add_argument("--envs", type=Path, metavar="DIR",
+                    help="where the side environments are cached (default: "
+                         ".nox/versions-sides/)")
+    vs.add_argument("--rebuild", action="store_true",
+                    help="rebuild every side's environment even when its cached one matches")
+    vs.add_argument("--fail-on-regression", action="store_true",
+                    help="exit 1 when a comparison has a REGRESSION or a side's learning "
+                         "broke (default: exit 0 once the report is written)")
 
     ls = sub.add_parser("list", help="the cases a selection resolves to, with their family")
     ls.add_argument("rev", nargs="?", default=WORKTREE)

@@ -3,7 +3,9 @@ the rounds, their Hodges-Lehmann interval, the verdict, the exit code, the Markd
 
 Verdict words (``harness.comparison``'s vocabulary): ``REGRESSION`` (fails the gate),
 ``improved``, ``slower``/``faster`` (significant but within the threshold), ``no change``,
-``not gated`` (an info metric), ``not gated: measured once per run`` (every round repeated one
+``not gated`` (an info metric), ``not gated (why): <verdict>`` (a case of the default
+selection measured too noisy here to gate: ``cases.NOT_GATED``), ``not gated: measured once
+per run`` (every round repeated one
 value: ``once_per_run``), ``skipped: ...`` (the benchmark skipped itself, e.g. a backend that
 is not installed), ``error: ...``, ``new``/``removed``, and a suffix ``(benchmark code changed:
 not gated)`` when the benchmark's own source differs between the sides (as asv starts a new
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -178,8 +180,11 @@ def paired_log_ratios(run_: Run, base: str, head: str, case: str, *, normalise: 
 def compare(run_: Run, base: str, head: str, *, threshold: float = DEFAULT_THRESHOLD,
             confidence: float = DEFAULT_CONFIDENCE, normalise: bool = DEFAULT_NORMALISE,
             clock: str = DEFAULT_CLOCK, stat: str = DEFAULT_STAT,
-            rounds: Iterable[int] | None = None) -> list[Row]:
-    """One Row per case of either side: ratio head/base, interval, verdict."""
+            rounds: Iterable[int] | None = None,
+            not_gated: Mapping[str, str] | None = None) -> list[Row]:
+    """One Row per case of either side: ratio head/base, interval, verdict. A case in
+    ``not_gated`` (case -> why; the default selection's ``cases.NOT_GATED``) is measured and
+    shown with its verdict, prefixed ``not gated (why):``, and never fails the gate."""
     rounds = None if rounds is None else list(rounds)
     binfo, hinfo = run_.info.get(base, {}), run_.info.get(head, {})
     every = sorted(set(binfo.get("cases", {})) | set(hinfo.get("cases", {})) |
@@ -215,6 +220,8 @@ def compare(run_: Run, base: str, head: str, *, threshold: float = DEFAULT_THRES
         bver = binfo["cases"][case].get("version")
         if bver and bver != hinfo["cases"][case].get("version") and dir_ != comparison.INFO:
             text += CODE_CHANGED
+        if not_gated and case in not_gated and dir_ != comparison.INFO:
+            text = f"{NOT_GATED} ({not_gated[case]}): {text}"
         rows.append(Row(case, unit, dir_, *medians, math.exp(est), math.exp(lo), math.exp(hi),
                         len(d), text))
     return rows

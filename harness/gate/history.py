@@ -46,9 +46,11 @@ from harness import atomic
 from harness.errors import UsageError
 from harness.gate.cases import (
     DEFAULT_CONFIDENCE,
+    DEFAULT_INTERLEAVE,
     DEFAULT_ROUNDS,
     DEFAULT_THRESHOLD,
     GATE_CASES,
+    NOT_GATED,
     ROOT,
     Settings,
 )
@@ -123,8 +125,9 @@ def first_parent_pairs(n: int, tip: str, repo: Path = ROOT) -> list[tuple[str, s
 def settings_key(settings: Settings, rounds: int) -> tuple[str, dict]:
     """(key, what it hashes): what shapes the raw measurements besides the commit, the case
     and the machine -- the worker's ``Settings``, the rounds, this interpreter's Python and
-    torch/torchrl/tensordict versions (the sides run under it), and the gate's measuring code
-    (``worker.py``, ``timing.py``: both sides run this checkout's copy)."""
+    torch/torchrl/tensordict versions (the sides run under it), how the rounds interleave the
+    sides, and the gate's measuring code (``worker.py``, ``timing.py``: both sides run this
+    checkout's copy)."""
     versions = {}
     for dist in ("torch", "torchrl", "tensordict"):
         try:
@@ -133,7 +136,8 @@ def settings_key(settings: Settings, rounds: int) -> tuple[str, dict]:
             versions[dist] = None
     code = hashlib.sha256(WORKER_PY.read_bytes() + TIMING_PY.read_bytes()).hexdigest()[:12]
     described = {"settings": asdict(settings), "rounds": rounds,
-                 "python": platform.python_version(), **versions, "worker": code}
+                 "interleave": DEFAULT_INTERLEAVE, "python": platform.python_version(),
+                 **versions, "worker": code}
     text = json.dumps(described, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12], described
 
@@ -318,7 +322,8 @@ def history(n: int, *, tip: str | None = None, cases: Sequence[str] | None = GAT
     machine = machine or machine_name()
     requested = {"regex": regex} if regex else {"cases": list(cases or ())}
     selection = hashlib.sha256(json.dumps(requested, sort_keys=True).encode()).hexdigest()[:8]
-    compare_kw = {"threshold": threshold, "confidence": confidence, **method.kw()}
+    compare_kw = {"threshold": threshold, "confidence": confidence, **method.kw(),
+                  "not_gated": None if regex else NOT_GATED}
     t0 = time.perf_counter()
     out = History(tip, [], machine, key, store, rounds, method, threshold, confidence)
     for i, (commit, parent, subject) in enumerate(pairs, 1):

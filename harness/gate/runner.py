@@ -9,9 +9,12 @@
   ``setup_cache`` once (pickled and shared by the run's servers, as asv shares it per
   environment and commit) and warms every case; each round is a child forked from it, which
   costs milliseconds where a fresh interpreter costs seconds of imports.
-- Rounds are interleaved (``side_order``: A B, B A, A B, ...), so every side takes every
-  position equally often and a linear drift cancels in pairs; ``restart_every`` starts fresh
-  servers (a new job) every so many rounds.
+- Rounds are interleaved case by case by default (``_case_round``: within a round, each case
+  is measured by one side, then the other, A B then B A, so a pair's two values are seconds
+  apart), or side by side (``interleave="round"``: ``side_order``, A B, B A, ..., each side
+  measuring all its cases in turn); either way every side takes every position equally often
+  and a linear drift cancels in pairs; ``restart_every`` starts fresh servers (a new job)
+  every so many rounds.
 - ``Run`` is everything measured, saved as JSON with a format version (``RUN_FORMAT``).
 """
 
@@ -32,7 +35,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import atomic
-from harness.gate.cases import DEFAULT_ROUNDS, INJECT_ENV, ROOT, Settings, case_meta
+from harness.gate.cases import (
+    DEFAULT_INTERLEAVE,
+    DEFAULT_ROUNDS,
+    INJECT_ENV,
+    ROOT,
+    Settings,
+    case_meta,
+)
 
 WORKER_PY = Path(__file__).resolve().with_name("worker.py")
 TIMING_PY = ROOT / "harness" / "timing.py"
@@ -210,6 +220,32 @@ class _Server:
                     + _tail(self.log_path)}
         return json.loads(out.read_text())
 
+    def _ask(self, cmd: dict, timeout: float) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read(timeout)
+
+    def open_round(self, index: int, timeout: float) -> str | None:
+        """Start a case-by-case round (the server forks its child); None, or why not."""
+        msg = self._ask({"op": "open", "round": index}, timeout)
+        return None if msg.get("ok") else msg.get("error", "could not open the round")
+
+    def case(self, case: str, timeout: float) -> str | None:
+        """Measure ``case`` in the open round; None, or the error (the round's process died)."""
+        msg = self._ask({"op": "case", "case": case}, timeout)
+        return None if msg.get("ok") else msg.get("error", "case failed")
+
+    def close_round(self, index: int, timeout: float, error: str | None = None) -> dict:
+        """End the open round: its file, or ``{"round", "error"}`` when it failed."""
+        out = self.out_dir / f"round-{index:04d}.json"
+        msg = self._ask({"op": "close", "out": str(out)}, timeout)
+        error = error or (None if msg.get("ok") and out.exists() else
+                          msg.get("error", "round failed"))
+        if error:
+            return {"round": index, "error": f"{error}; log: {self.log_path}\n"
+                    + _tail(self.log_path)}
+        return json.loads(out.read_text())
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
@@ -235,6 +271,28 @@ def side_order(n_sides: int, index: int) -> list[int]:
     return [(j + index) % n_sides for j in range(n_sides)]
 
 
+INTERLEAVE = ("case", "round")
+
+
+def _case_round(servers: Sequence[_Server], index: int, timeout: float) -> dict:
+    """One round driven case by case: every case of the union of the sides' cases, in an
+    order rotated by ``index``, each measured by every side in turn (``side_order`` rotated
+    by the round and the case's position: A B, B A, ...), so the two values of a pair are
+    taken seconds apart. On this VM the machine's speed drifts on that time scale: the A/A
+    residuals of different cases correlate 0.46 when measured < 2 s apart, 0.21 at 10-20 s
+    (a round apart) and 0 beyond 40 s (results/gate/validity-vm-21cases.md's raw rounds)."""
+    every = sorted({c for s in servers for c in s.info["cases"]})
+    shift = index % max(1, len(every))
+    order = every[shift:] + every[:shift]
+    errors = {s.side.name: s.open_round(index, timeout) for s in servers}
+    for k, case in enumerate(order):
+        for j in side_order(len(servers), index + k):
+            server = servers[j]
+            if errors[server.side.name] is None and case in server.info["cases"]:
+                errors[server.side.name] = server.case(case, timeout)
+    return {s.side.name: s.close_round(index, timeout, errors[s.side.name]) for s in servers}
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -249,6 +307,7 @@ class Run:
     seconds: float = 0.0
     started: str = ""
     restart_every: int | None = None
+    interleave: str = "round"  # files saved before case-by-case rounds existed: by round
 
     def save(self, path: Path) -> None:
         atomic.write_json(path, {"format": RUN_FORMAT, **asdict(self)})
@@ -272,11 +331,17 @@ class Run:
 def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str | None = None,
         rounds: int = DEFAULT_ROUNDS, restart_every: int | None = None,
         progress: Callable[[str], None] | None = None, workdir: Path | None = None,
-        ready_timeout: float = 900.0, round_timeout: float = 600.0) -> Run:
-    """Measure ``sides`` in ``rounds`` interleaved rounds (``side_order``); every side's
-    servers are restarted every ``restart_every`` rounds (a fresh process, as a new job)."""
+        ready_timeout: float = 900.0, round_timeout: float = 600.0,
+        interleave: str = DEFAULT_INTERLEAVE) -> Run:
+    """Measure ``sides`` in ``rounds`` interleaved rounds; every side's servers are restarted
+    every ``restart_every`` rounds (a fresh process, as a new job). ``interleave``: ``case``
+    (each case measured by every side in turn within the round: ``_case_round``) or ``round``
+    (each side measures the whole round in turn, ``side_order``)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if interleave not in INTERLEAVE:
+        raise ValueError(f"interleave must be one of {', '.join(INTERLEAVE)}, got "
+                         f"{interleave!r}")
     names = [s.name for s in sides]
     if len(set(names)) != len(names):
         raise ValueError(f"side names must differ, got {names}")
@@ -287,7 +352,8 @@ def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     out = Run([{"name": s.name, "label": s.label or s.name, "tree": str(s.tree),
                 "python": s.python, "env": s.env, "settings": asdict(s.settings)}
-               for s in sides], [], {}, started=started, restart_every=restart_every)
+               for s in sides], [], {}, started=started, restart_every=restart_every,
+              interleave=interleave)
     # the workers boot from copies: editing the checkout during a long run cannot reach them
     boot = workdir / "runner"
     boot.mkdir(parents=True, exist_ok=True)
@@ -305,9 +371,11 @@ def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str
                 for server in servers:  # started together: they import in parallel
                     out.info[server.side.name] = server.wait_ready(ready_timeout)
                 generation += 1
-            row = {}
-            for j in side_order(len(sides), index):
-                row[sides[j].name] = servers[j].round(index, round_timeout)
+            if interleave == "case":
+                row = _case_round(servers, index, round_timeout)
+            else:
+                row = {sides[j].name: servers[j].round(index, round_timeout)
+                       for j in side_order(len(sides), index)}
             out.rounds.append(row)
             say(f"round {index + 1}/{rounds} done ({time.perf_counter() - t0:.0f} s)")
     finally:

@@ -15,6 +15,13 @@ to the runner over a pipe (one JSON line per event) and writes each round to a J
 - ``round``: per command, a child forked from the server measures every case once: ``setup``,
   timed warm-up calls, samples for the budget, ``teardown``; the calibration workload runs
   between cases; the cases' order rotates with the round.
+- ``open`` / ``case`` / ``close``: the same round driven case by case (the runner's default,
+  ``interleave="case"``): ``open`` forks the round's child, each ``case`` (relayed by the
+  server, which answers for a child that died) measures one case, ``close`` writes the round
+  file in the format ``round`` writes.
+- A benchmark may set ``gate_warmup`` (warm-up calls per round) and ``gate_samples`` (exactly
+  that many samples per round, whatever the budget) on its class or method: for a call too
+  costly for the defaults (``bench_training.TrainingRun``: one training run per round).
 - The test-only slowdown knob lives here (``RLGAUGE_INJECT_SLOWDOWN``, ``slowed_down``): the
   validity study and the tests inject known slowdowns into one side; asv runs never read it.
 """
@@ -158,6 +165,8 @@ class _Case:
     version: str
     timer: Callable[[], float]
     number: int
+    warmup: int | None = None  # the benchmark's ``gate_warmup``: overrides Settings.warmup
+    samples: int | None = None  # its ``gate_samples``: exactly that many, whatever the budget
 
     def meta(self) -> dict:
         """What the runner learns of the case (it derives the direction from these)."""
@@ -219,6 +228,9 @@ def discover(tree: Path, wanted: Callable[[str], bool], modules: Iterable[str] |
                 unit = "seconds" if meth.startswith("time_") else getattr(func, "unit", "unit")
                 timer = getattr(owner, "timer", None) or time.perf_counter
                 number = getattr(owner, "number", 0) or 1
+                gate_warmup = getattr(func, "gate_warmup", getattr(owner, "gate_warmup", None))
+                gate_samples = getattr(func, "gate_samples",
+                                       getattr(owner, "gate_samples", None))
                 version = _source_hash(func, getattr(cls, "setup", None),
                                        getattr(owner, "version", None))
                 for combo in combos:
@@ -227,7 +239,8 @@ def discover(tree: Path, wanted: Callable[[str], bool], modules: Iterable[str] |
                         cases.append(_Case(
                             cid, modname, cls, meth, func, tuple(combo),
                             "time" if meth.startswith("time_") else "track", unit,
-                            getattr(func, "higher_is_better", None), version, timer, number))
+                            getattr(func, "higher_is_better", None), version, timer, number,
+                            gate_warmup, gate_samples))
     return cases, errors
 
 
@@ -348,7 +361,7 @@ class _Worker:
                 values = [float(call()) for _ in range(s.track_calls)]
                 return {"samples": values, "track": True}
             warm, warm_cpu = [], []
-            for _ in range(s.warmup):
+            for _ in range(s.warmup if case.warmup is None else case.warmup):
                 w0, c0, p0 = time.perf_counter(), case.timer(), time.process_time()
                 call()
                 p1, c1, w1 = time.process_time(), case.timer(), time.perf_counter()
@@ -356,9 +369,13 @@ class _Worker:
                 warm_cpu.append((p1 - p0) * (c1 - c0) / (w1 - w0) if w1 > w0 else 0.0)
             if self.inject:  # the test-only knob (RLGAUGE_INJECT_SLOWDOWN)
                 call = slowed_down(case.id, call)
-            t = self.timing.measure(call, repeat=s.max_samples, number=case.number, warmup=0,
-                                    timer=case.timer, max_time=s.budget_s,
-                                    min_repeat=s.min_samples, cpu=True)
+            if case.samples:  # the benchmark's own count (a costly call: a training run)
+                sampling = {"repeat": case.samples, "max_time": None}
+            else:
+                sampling = {"repeat": s.max_samples, "max_time": s.budget_s,
+                            "min_repeat": s.min_samples}
+            t = self.timing.measure(call, number=case.number, warmup=0, timer=case.timer,
+                                    cpu=True, **sampling)
             out = {"samples": list(t.samples), "cpu": list(t.cpu_samples), "warmup": warm,
                    "warmup_cpu": warm_cpu}
             if hasattr(call, "iterations"):
@@ -371,46 +388,121 @@ class _Worker:
                 if inst is not None and hasattr(inst, "teardown"):
                     inst.teardown(*args)
 
-    def round(self, index: int) -> dict:
+    def _start_round(self, index: int) -> tuple[dict, list[float], list[float]]:
         if self.settings.threads is not None:  # closing a SerialEnv resets torch's count
             import torch
 
             torch.set_num_threads(self.settings.threads)
-        shift = index % max(1, len(self.cases))
-        order = self.cases[shift:] + self.cases[:shift]  # no case always first after the fork
-        wall: list[float] = []
-        cpu: list[float] = []
-        result = {"round": index, "started": time.time(), "loadavg": os.getloadavg(),
-                  "cases": {}}
-        for case in order:
-            self._calibrate(wall, cpu)
-            t0 = time.perf_counter()
-            result["cases"][case.id] = self._measure(case)
-            result["cases"][case.id]["seconds"] = time.perf_counter() - t0  # setup included
+        return ({"round": index, "started": time.time(), "loadavg": os.getloadavg(),
+                 "cases": {}}, [], [])
+
+    def _measure_into(self, result: dict, wall: list, cpu: list, case: _Case) -> None:
+        self._calibrate(wall, cpu)
+        t0 = time.perf_counter()
+        result["cases"][case.id] = self._measure(case)
+        result["cases"][case.id]["seconds"] = time.perf_counter() - t0  # setup included
+
+    def _finish_round(self, result: dict, wall: list, cpu: list) -> dict:
         self._calibrate(wall, cpu)
         result["calibration"], result["calibration_cpu"] = wall, cpu
         result["finished"] = time.time()
         return result
 
+    def round(self, index: int) -> dict:
+        """Every case once, in an order rotated by ``index`` (the ``round`` command)."""
+        result, wall, cpu = self._start_round(index)
+        shift = index % max(1, len(self.cases))
+        for case in self.cases[shift:] + self.cases[:shift]:  # no case always first after fork
+            self._measure_into(result, wall, cpu, case)
+        return self._finish_round(result, wall, cpu)
+
+    def serve_round(self, index: int, commands, answers) -> None:
+        """A round driven case by case (``open`` .. ``case`` .. ``close``): the runner asks each
+        side for one case in turn, so both sides of a pair are measured seconds apart rather
+        than a whole round apart. Runs in the round's forked child; ``close`` writes the round
+        file, in the format ``round`` writes."""
+        by_id = {c.id: c for c in self.cases}
+        result, wall, cpu = self._start_round(index)
+        for line in commands:
+            cmd = json.loads(line)
+            if cmd["op"] == "case":
+                case = by_id.get(cmd["case"])
+                if case is not None:
+                    self._measure_into(result, wall, cpu, case)
+                answers.write(json.dumps({"event": "case", "ok": True,
+                                          "measured": case is not None}) + "\n")
+            elif cmd["op"] == "close":
+                _write_json(Path(cmd["out"]), self._finish_round(result, wall, cpu))
+                answers.write(json.dumps({"event": "done", "ok": True}) + "\n")
+                answers.flush()
+                return
+            answers.flush()
+
+    def _fork_round(self, index: int) -> tuple[int, object, object]:
+        """(pid, commands to the child, its answers): the child of a case-by-case round."""
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+
+        def serve() -> None:
+            os.close(down_w)
+            os.close(up_r)
+            with os.fdopen(down_r) as commands, os.fdopen(up_w, "w") as answers:
+                self.serve_round(index, commands, answers)
+
+        pid = _fork(serve)
+        os.close(down_r)
+        os.close(up_w)
+        return pid, os.fdopen(down_w, "w", buffering=1), os.fdopen(up_r)
+
     def serve(self, reply) -> None:
+        child = None  # (pid, commands, answers) of an open case-by-case round
+
+        def end_child() -> str:
+            pid, commands, answers = child
+            with contextlib.suppress(OSError):
+                commands.close()
+            answers.close()
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            return f"the round's process exited with {code}"
+
         for line in sys.stdin:
             cmd = json.loads(line)
             if cmd["op"] == "quit":
+                if child:
+                    end_child()
                 return
+            if cmd["op"] in ("case", "close"):  # relayed to the round's child
+                answer = None
+                if child:
+                    with contextlib.suppress(OSError):
+                        child[1].write(line if line.endswith("\n") else line + "\n")
+                        child[1].flush()
+                    answer = child[2].readline()
+                if not answer:  # no round open, or its child died (a crash in a benchmark)
+                    why = end_child() if child else "no round open"
+                    child = None
+                    answer = json.dumps({"event": "done" if cmd["op"] == "close" else "case",
+                                         "ok": False, "error": why}) + "\n"
+                elif cmd["op"] == "close":
+                    end_child()
+                    child = None
+                reply.write(answer)
+                reply.flush()
+                continue
+            if cmd["op"] == "open":
+                if child:
+                    end_child()
+                if self.settings.fork and hasattr(os, "fork"):
+                    child = self._fork_round(cmd["round"])
+                    reply.write(json.dumps({"event": "opened", "ok": True}) + "\n")
+                else:
+                    reply.write(json.dumps({"event": "opened", "ok": False,
+                                            "error": "case-by-case rounds need fork"}) + "\n")
+                reply.flush()
+                continue
             out = Path(cmd["out"])
             if self.settings.fork and hasattr(os, "fork"):
-                pid = os.fork()
-                if pid == 0:  # the child: measure, write, leave without running atexit hooks
-                    code = 1
-                    try:
-                        _write_json(out, self.round(cmd["round"]))
-                        code = 0
-                    except BaseException:
-                        traceback.print_exc()
-                    finally:
-                        sys.stdout.flush()
-                        sys.stderr.flush()
-                        os._exit(code)
+                pid = _fork(lambda out=out, index=cmd["round"]: _write_json(out, self.round(index)))
                 _, status = os.waitpid(pid, 0)
                 ok = os.waitstatus_to_exitcode(status) == 0
             else:
@@ -422,6 +514,24 @@ class _Worker:
                     ok = False
             reply.write(json.dumps({"event": "done", "ok": ok}) + "\n")
             reply.flush()
+
+
+def _fork(work: Callable[[], None]) -> int:
+    """The pid of a forked child that runs ``work`` and leaves without running atexit hooks:
+    exit 0 when ``work`` returned, 1 when it raised (the traceback goes to the log)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            work()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
 
 
 def _write_json(path: Path, data) -> None:
