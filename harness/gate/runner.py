@@ -211,14 +211,10 @@ class _Server:
         return msg
 
     def round(self, index: int, timeout: float) -> dict:
+        """Every case once, in the server's own order (``interleave="round"``)."""
         out = self.out_dir / f"round-{index:04d}.json"
-        self.proc.stdin.write(json.dumps({"op": "round", "round": index, "out": str(out)}) + "\n")
-        self.proc.stdin.flush()
-        msg = self._read(timeout)
-        if not msg.get("ok") or not out.exists():
-            return {"round": index, "error": f"round failed; log: {self.log_path}\n"
-                    + _tail(self.log_path)}
-        return json.loads(out.read_text())
+        msg = self._ask({"op": "round", "round": index, "out": str(out)}, timeout)
+        return self._round_file(index, out, msg)
 
     def _ask(self, cmd: dict, timeout: float) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
@@ -239,6 +235,10 @@ class _Server:
         """End the open round: its file, or ``{"round", "error"}`` when it failed."""
         out = self.out_dir / f"round-{index:04d}.json"
         msg = self._ask({"op": "close", "out": str(out)}, timeout)
+        return self._round_file(index, out, msg, error)
+
+    def _round_file(self, index: int, out: Path, msg: dict, error: str | None = None) -> dict:
+        """The round the server wrote to ``out``, or ``{"round", "error"}`` with its log."""
         error = error or (None if msg.get("ok") and out.exists() else
                           msg.get("error", "round failed"))
         if error:
