@@ -36,9 +36,18 @@ def _never_built(*args, **kwargs):
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    """An empty BACKENDS registry in place of the real one, for throwaway backends."""
+    """An empty BACKENDS registry in place of the real one, for throwaway backends. The
+    built-in modules are imported first: one imported for the first time under the swap would
+    register into the throwaway registry and never into the real one (later tests would then
+    find 'gymnasium' unregistered). The recipes' cached availability is swapped too: a reason
+    computed against the throwaway registry ("backend gymnasium: not registered") must not
+    outlive the test."""
+    from harness import recipes
+
+    registry.load_builtins()
     fresh = registry.Registry("backend")
     monkeypatch.setattr(registry, "BACKENDS", fresh)
+    monkeypatch.setattr(recipes.RECIPES, "_reasons", {})
     return fresh
 
 
