@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import nox
@@ -28,45 +26,27 @@ nox.options.sessions = ["tests"]
 
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
-CONSTRAINTS = ROOT / "constraints.txt"
 
 
-def _provenance():
-    """harness/provenance.py, loaded by path: nox runs outside the project's venv (the module
-    imports nothing but the standard library at import time)."""
+def _load(name: str):
+    """harness/<name>.py, loaded by path: nox runs outside the project's venv (provenance and
+    installs import nothing but the standard library at import time)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_rlgauge_provenance",
-                                                  ROOT / "harness" / "provenance.py")
+    spec = importlib.util.spec_from_file_location(f"_rlgauge_{name}",
+                                                  ROOT / "harness" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-ASV_MACHINE = _provenance().machine_name()  # the machine name every result is filed under
+ASV_MACHINE = _load("provenance").machine_name()  # the machine name every result is filed under
+INSTALLS = _load("installs")  # constraints.txt's pins; pip's wheelhouse handed to uv
+CONSTRAINTS = INSTALLS.CONSTRAINTS
 
-
-def _pip_find_links() -> str:
-    """The wheelhouse that holds the torch CPU wheel, as configured for pip."""
-    links = os.environ.get("PIP_FIND_LINKS", "")
-    if not links:
-        try:
-            links = subprocess.run(
-                [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
-                capture_output=True, text=True, check=False,
-            ).stdout.strip()
-        except OSError:
-            links = ""
-    return links
-
-
-# uv reads neither pip.conf nor PIP_*: hand it pip's wheelhouse, else `torch==2.13.0` resolves to
-# the registry's CUDA build (~3 GB).
-if _pip_find_links():
-    os.environ.setdefault("UV_FIND_LINKS", _pip_find_links())
-# uv does not byte-compile on install, and this machine sets PYTHONDONTWRITEBYTECODE=1: without
-# this every process recompiles torch/torchrl (import torchrl 6.6 s instead of 2.6 s).
-os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
+# uv gets pip's wheelhouse (else `torch==2.13.0` is the registry's ~3 GB CUDA build) and
+# byte-compiles on install (harness/installs.py says why).
+os.environ.update(INSTALLS.uv_environ())
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo / dm_control (Mesa EGL, no GPU)
 os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")  # torchrl logs each buffer init at INFO
 
@@ -75,10 +55,8 @@ def _constraints(session: nox.Session) -> str:
     """constraints.txt, minus its torch pin when RLGAUGE_TORCH names another torch."""
     if not os.environ.get("RLGAUGE_TORCH"):
         return str(CONSTRAINTS)
-    lines = [ln for ln in CONSTRAINTS.read_text().splitlines()
-             if not ln.replace(" ", "").lower().startswith("torch==")]
     path = Path(session.create_tmp()) / "constraints-own-torch.txt"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(INSTALLS.constraints_text())
     return str(path)
 
 
@@ -89,7 +67,7 @@ def install(session: nox.Session, *extras: str) -> None:
     index = os.environ.get("RLGAUGE_TORCH_INDEX")
     torch_args = ["--extra-index-url", index] if index else []
     # torch first, on its own, so that nothing later can re-resolve it
-    session.install("-c", constraints, *torch_args, own_torch or "torch==2.13.0")
+    session.install("-c", constraints, *torch_args, INSTALLS.torch_requirement())
     session.install("-c", constraints, "-e", f".[{','.join(('run', *extras))}]")
     if not own_torch and not index:
         # fail fast (no torch import, ~0.1 s) if a CUDA build slipped in anyway

@@ -36,7 +36,8 @@ Results and comparisons
 - ``gate/``       -- the regression gate (worker, runner, cases, stats, compare, baseline,
   validity, noise, history, versions, cli); ``compat`` -- torchrl API differences across
   versions (and a record of each one adapted); ``sides`` -- the torchrl builds that ``nox -s
-  versions`` compares, each in its own cached environment, and their learning check
+  versions`` compares, each in its own cached environment, and their learning check;
+  ``installs`` -- constraints.txt's pins and pip's wheelhouse for uv (the noxfile's too)
 
 The command line
 - ``cli``         -- ``python -m harness ...`` / ``rlgauge ...`` (``progress``: its bars and log

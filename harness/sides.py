@@ -61,11 +61,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import atomic
+from harness import atomic, installs
 from harness.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONSTRAINTS = ROOT / "constraints.txt"
 #: where side environments live (one directory per side: ``slug``)
 ENVS_DIR = ROOT / ".nox" / "versions-sides"
 #: the sides ``nox -s versions`` compares when none is given
@@ -242,46 +241,26 @@ def uv() -> str:
     return path
 
 
-def _pip_find_links() -> str:
-    """pip's wheelhouse (where the pinned CPU torch lies): $PIP_FIND_LINKS or pip's config."""
-    links = os.environ.get("PIP_FIND_LINKS", "")
-    for cmd in ([sys.executable, "-m", "pip"], ["pip"]):
-        if links:
-            break
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            links = subprocess.run([*cmd, "config", "get", "global.find-links"],
-                                   capture_output=True, text=True, timeout=30).stdout.strip()
-    return links
-
-
 def uv_env() -> dict:
-    """The environment uv runs in: pip's wheelhouse handed to uv (else ``torch==2.13.0``
-    resolves to the registry's CUDA build, ~3 GB), byte-compiled installs."""
-    env = dict(os.environ)
-    if not env.get("UV_FIND_LINKS") and (links := _pip_find_links()):
-        env["UV_FIND_LINKS"] = links
-    env.setdefault("UV_COMPILE_BYTECODE", "1")
+    """The environment uv runs in: ``installs.uv_environ`` (pip's wheelhouse, byte-compiled
+    installs), outside any venv."""
+    env = installs.uv_environ()
     env.pop("VIRTUAL_ENV", None)  # uv would install into the calling venv otherwise
     return env
 
 
 def torch_requirement() -> str:
     """The torch every side gets: ``$RLGAUGE_TORCH`` or constraints.txt's pin."""
-    if own := os.environ.get("RLGAUGE_TORCH"):
-        return own
-    for line in CONSTRAINTS.read_text().splitlines():
-        if line.replace(" ", "").lower().startswith("torch=="):
-            return line.strip()
-    raise SideError("(all)", f"{CONSTRAINTS} pins no torch")
+    try:
+        return installs.torch_requirement()
+    except LookupError as exc:
+        raise SideError("(all)", str(exc)) from None
 
 
 def constraints_text() -> str:
     """constraints.txt without its torchrl and tensordict pins (and without its torch pin when
     ``$RLGAUGE_TORCH`` names another torch): what every side is installed with."""
-    drop = ("torchrl==", "tensordict==") + (("torch==",) if os.environ.get("RLGAUGE_TORCH")
-                                            else ())
-    return "\n".join(ln for ln in CONSTRAINTS.read_text().splitlines()
-                     if not ln.replace(" ", "").lower().startswith(drop)) + "\n"
+    return installs.constraints_text(drop=("torchrl", "tensordict"))
 
 
 def extras_requirements(extras: Sequence[str] = ("run", "test")) -> list[str]:

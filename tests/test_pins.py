@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+
+from harness import installs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,3 +50,36 @@ def test_pins_every_declared_dependency_is_pinned():
             name = _norm(re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0])
             assert name in pins, f"{req} (extra {extra!r}) has no pin in constraints.txt"
     assert pins["torch"] == "2.13.0"
+
+
+# --------------------------------------------------------------------------- harness.installs
+
+
+def test_installs_torch_is_the_constraints_pin_unless_the_user_names_another(monkeypatch):
+    monkeypatch.delenv("RLGAUGE_TORCH", raising=False)
+    assert installs.torch_requirement() == f"torch=={_constraints()['torch']}"
+    assert "torch==2.13.0" in installs.constraints_text().splitlines()
+    monkeypatch.setenv("RLGAUGE_TORCH", "torch==2.12.1")
+    assert installs.torch_requirement() == "torch==2.12.1"
+    lines = installs.constraints_text(drop=("torchrl",)).splitlines()
+    assert not any(ln.startswith(("torch==", "torchrl==")) for ln in lines)
+    assert any(ln.startswith("tensordict==") for ln in lines)
+
+
+def test_installs_uv_gets_pips_wheelhouse_and_keeps_a_users_own(monkeypatch):
+    monkeypatch.setenv("PIP_FIND_LINKS", "/wheels/here")
+    env = installs.uv_environ({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "UV_FIND_LINKS": "/wheels/here", "UV_COMPILE_BYTECODE": "1"}
+    mine = {"UV_FIND_LINKS": "/mine", "UV_COMPILE_BYTECODE": "0"}
+    assert installs.uv_environ(mine) == mine
+
+
+def test_installs_is_standard_library_only():
+    """The noxfile loads harness/installs.py by path, outside the project's venv."""
+    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('i', "
+            f"{str(ROOT / 'harness' / 'installs.py')!r}); m = importlib.util.module_from_spec(s); "
+            "s.loader.exec_module(m); print(sorted(n.split('.')[0] for n in sys.modules "
+            "if n.split('.')[0] in {'harness', 'torch', 'numpy'}))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
