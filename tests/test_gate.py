@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import gzip
 import itertools
 import json
 import math
@@ -437,6 +438,9 @@ def test_run_file_has_a_format_and_a_newer_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"gate run '.*run\.json' has format 2; this rlgauge "
                                          r"reads format 1"):
         gate.Run.load(path)
+    gz = tmp_path / "run.json.gz"  # how the committed validity runs are kept
+    gz.write_bytes(gzip.compress(path.read_bytes().replace(b'"format": 2', b'"format": 1')))
+    assert gate.Run.load(gz) == r
 
 
 def test_load_baseline_names_a_missing_file(tmp_path):
@@ -699,6 +703,25 @@ def test_slowed_down_adds_the_asked_fraction_of_cpu_work():
             break
     assert 1.25 < ratios[-1] < 1.9, ratios
     assert len(slowed.iterations) == 7 and min(slowed.iterations) > 0
+
+
+def test_validity_report_gives_the_shipped_defaults_over_the_gated_cases_only():
+    """The section the README quotes: the shipped method/threshold over the cases ``regress``
+    gates; a not-gated case that misses every slowdown is listed but counts in no rate."""
+    noise = NOISE * 2
+    r = _run({"A": {"a": noise, "b": noise},
+              "A'": {"a": list(reversed(noise)), "b": list(reversed(noise))},
+              "+10%": {"a": [1.1 * x for x in noise], "b": list(noise)}})
+    text = "\n".join(gate.validity.shipped_defaults_section(
+        r, block=10, sizes=(0.10,), resamples=200, not_gated={"b": "misses it"}))
+    assert "**1 gated cases** (1 measured but not gated" in text
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+            for ln in text.splitlines() if ln.startswith("| ")}
+    assert rows["+10% detected"] == ["2/2", "100.0%", "100.0%"]
+    assert rows["A/A gate runs with any false alarm"][0] == "0/2"
+    assert rows["gated cases under 95%"][1:] == ["0", "0"]
+    assert rows["a"][-1] == "gated" and rows["b"][-1] == "not gated"
+    assert rows["b"][2] == "0/2 / 0.0%"  # shown, but not in the rates above
 
 
 def test_choose_defaults_holds_candidates_to_the_block_trials_false_alarms():

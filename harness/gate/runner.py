@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -314,9 +315,11 @@ class Run:
 
     @classmethod
     def load(cls, path: Path) -> Run:
-        """The run saved in ``path``; ValueError naming the file when its format is one this
-        code cannot read (a newer rlgauge's)."""
-        data = json.loads(Path(path).read_text())
+        """The run saved in ``path`` (``.json``, or ``.json.gz`` as the committed validity runs
+        are kept); ValueError naming the file when its format is one this code cannot read (a
+        newer rlgauge's)."""
+        raw = Path(path).read_bytes()
+        data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
         fmt = data.pop("format", 1)  # no format: saved before formats existed (format 1)
         if fmt not in RUN_FORMATS_READ:
             raise ValueError(f"gate run {str(path)!r} has format {fmt!r}; this rlgauge reads "

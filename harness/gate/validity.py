@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.gate.cases import INJECT_ENV, Settings, split_case
+from harness.gate.cases import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_THRESHOLD,
+    INJECT_ENV,
+    NOT_GATED,
+    Settings,
+    split_case,
+)
 from harness.gate.compare import (
     REGRESSION,
     Method,
@@ -113,10 +120,13 @@ def trial_sets(n_rounds: int, block: int, resamples: int, seed: int = 0
 
 def validity_rates(run_: Run, *, block: int, sizes: Sequence[float], methods=METHODS,
                    confidences=CONFIDENCES, thresholds=THRESHOLDS, resamples: int = 2000,
-                   seed: int = 0) -> dict:
-    """{(kind, method, confidence, threshold): Rates}, kind "blocks" or "resampled"."""
+                   seed: int = 0, cases: Sequence[str] | None = None) -> dict:
+    """{(kind, method, confidence, threshold): Rates}, kind "blocks" or "resampled", over
+    ``cases`` (default: every gated case of the run; "A/A runs with an alarm" counts these)."""
     info = run_.info["A"]
     gated = gated_cases(run_)
+    if cases is not None:
+        gated = [c for c in gated if c in set(cases)]
     injectable = [c for c in gated if info["cases"][c]["kind"] == "time"]
     blocks, resampled = trial_sets(len(run_.rounds), block, resamples, seed)
     out: dict = {}
@@ -226,6 +236,70 @@ def _asv_style_false_alarms(run_: Run, trials: list[list[int]], threshold: float
 
 
 
+def shipped_defaults_section(run_: Run, *, block: int, sizes: Sequence[float],
+                             resamples: int = 2000, not_gated=None) -> list[str]:
+    """Markdown lines: the rates of the defaults ``regress`` ships (``Method()``,
+    ``DEFAULT_CONFIDENCE``, ``DEFAULT_THRESHOLD``) over the cases it gates (the run's gated
+    cases minus ``not_gated``, default ``NOT_GATED``), at ``block`` rounds and, resampled, at
+    ``block + 2``; then per case, not-gated ones included. What the README's gate table
+    quotes."""
+    not_gated = NOT_GATED if not_gated is None else not_gated
+    method, conf, thr = Method(), DEFAULT_CONFIDENCE, DEFAULT_THRESHOLD
+    size = 0.10 if 0.10 in sizes else sizes[0]
+    every = gated_cases(run_)
+    gated = [c for c in every if c not in not_gated]
+    more = block + 2
+
+    def rates(cases, rounds):
+        return validity_rates(run_, block=rounds, sizes=(size,), methods=(method,),
+                              confidences=(conf,), thresholds=(thr,), resamples=resamples,
+                              cases=cases)
+
+    at, at_more = rates(gated, block), rates(gated, more)
+    b, r, r2 = at["blocks", method, conf, thr], at["resampled", method, conf, thr], \
+        at_more["resampled", method, conf, thr]
+
+    def under_goal(rr):
+        return sorted(c for c, cell in rr.per_case.items()
+                      if size in cell and cell[size][0] / cell[size][1] < GOAL_DETECTION)
+
+    low, low2 = under_goal(r), under_goal(r2)
+    L = ["## The shipped defaults", "",
+         f"Round value {method}, Hodges-Lehmann {conf:.0%}, threshold {thr:.0%}, over the "
+         f"**{len(gated)} gated cases** ({len(every) - len(gated)} measured but not gated: "
+         f"`NOT_GATED`); resampled trials also at {more} rounds.", "",
+         md_table(["", f"{block} rounds: block trials", f"{block} rounds: resampled",
+                   f"{more} rounds: resampled"], [
+             ["A/A gate runs with any false alarm", kn([b.aa_runs_alarmed, b.trials]),
+              pct(r.fa_suite), pct(r2.fa_suite)],
+             ["A/A false alarms per case and run", kn([b.aa_alarms, b.aa_cells]),
+              pct(r.fa_case), pct(r2.fa_case)],
+             [f"+{size:.0%} detected", kn(b.detected.get(size, [0, 0])),
+              pct(r.detection(size)), pct(r2.detection(size))],
+             [f"gated cases under {GOAL_DETECTION:.0%}", "", str(len(low)), str(len(low2))]],
+             "lrrr")]
+    if low:
+        L += ["", f"Under {GOAL_DETECTION:.0%} at {block} rounds: "
+              + ", ".join(f"`{c}`" for c in low) + "."]
+    every_at, every_more = rates(every, block), rates(every, more)
+    eb = every_at["blocks", method, conf, thr].per_case
+    er = every_at["resampled", method, conf, thr].per_case
+    er2 = every_more["resampled", method, conf, thr].per_case
+    def cell(table, case, comp, blocks=False):
+        k_n = table.get(case, {}).get(comp)
+        if not k_n:
+            return "–"
+        return kn(k_n) if blocks else pct(k_n[0] / k_n[1])
+
+    rows = [[*split_case(c), f"{cell(eb, c, 'aa', True)} / {cell(er, c, 'aa')}",
+             f"{cell(eb, c, size, True)} / {cell(er, c, size)}", cell(er2, c, size),
+             "not gated" if c in not_gated else "gated"] for c in every]
+    L += ["", md_table(["benchmark", "params", "A/A (blocks / resampled)",
+                        f"+{size:.0%} (blocks / resampled)", f"+{size:.0%} at {more} rounds",
+                        ""], rows, "llllrl"), ""]
+    return L
+
+
 def validity_report(run_: Run, *, block: int, sizes: Sequence[float] = VALIDITY_SIZES,
                     resamples: int = 2000, command: str = "") -> tuple[str, tuple, bool]:
     """The Markdown report of a validity run, and the chosen (method, confidence, threshold)."""
@@ -247,6 +321,7 @@ def validity_report(run_: Run, *, block: int, sizes: Sequence[float] = VALIDITY_
          f"{resamples} **resampled trials** of {block} rounds drawn from all "
          f"{len(run_.rounds)} (they assume rounds are exchangeable; the block trials check "
          f"that).", "",
+         *shipped_defaults_section(run_, block=block, sizes=sizes, resamples=resamples),
          "## Chosen defaults", "",
          f"- round value: **{method}** (clock / statistic of the round's samples / "
          f"calibration-normalised or not); interval: Hodges-Lehmann, **{conf:.0%}**; "
