@@ -544,9 +544,9 @@ def ensure_env(spec: Spec, pins: dict, *, envs_dir: Path = ENVS_DIR, rebuild: bo
         keys = [key]
         if states:  # the build may have written into the checkout: its state now counts too
             keys.append(_env_key(spec, pins, _checkout_states(spec)))
-        (env / MARKER).write_text(json.dumps({
+        atomic.write_json(env / MARKER, {
             "keys": keys, "side": spec.text, "kind": spec.kind, "pins": pins,
-            "states": states, "built": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
+            "states": states, "built": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1)
         return env, f"built in {time.perf_counter() - t0:.0f} s"
 
 

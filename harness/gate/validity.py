@@ -126,7 +126,8 @@ def validity_rates(run_: Run, *, block: int, sizes: Sequence[float], methods=MET
     info = run_.info["A"]
     gated = gated_cases(run_)
     if cases is not None:
-        gated = [c for c in gated if c in set(cases)]
+        wanted = set(cases)
+        gated = [c for c in gated if c in wanted]
     injectable = [c for c in gated if info["cases"][c]["kind"] == "time"]
     blocks, resampled = trial_sets(len(run_.rounds), block, resamples, seed)
     out: dict = {}
@@ -285,6 +286,7 @@ def shipped_defaults_section(run_: Run, *, block: int, sizes: Sequence[float],
     eb = every_at["blocks", method, conf, thr].per_case
     er = every_at["resampled", method, conf, thr].per_case
     er2 = every_more["resampled", method, conf, thr].per_case
+
     def cell(table, case, comp, blocks=False):
         k_n = table.get(case, {}).get(comp)
         if not k_n:

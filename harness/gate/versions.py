@@ -125,6 +125,7 @@ for _k, _v in {{"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MUJOCO_GL": "eg
     os.environ.setdefault(_k, _v)
 sys.path.insert(0, os.environ.get("RLGAUGE_ROOT", os.getcwd()))
 from harness import compat  # noqa: E402
+from harness.timing import measure  # noqa: E402  (the gate worker's sampler)
 
 compat.apply()  # torchrl < 0.14: accept the 0.14 keywords rlgauge passes (no-op on 0.14)
 import torch  # noqa: E402
@@ -150,20 +151,15 @@ try:
     else:
         for _ in range(getattr(bench, "gate_warmup", 3)):
             call(*args)
-        samples, unit = [], "s"
-        for _ in range(REPEAT):
-            timer = getattr(bench, "timer", time.perf_counter)
-            w0, t0, c0 = time.perf_counter(), timer(), time.process_time()
-            for _ in range(number):
-                call(*args)
-            c1, t1, w1 = time.process_time(), timer(), time.perf_counter()
-            # process CPU time per operation: scaled as the benchmark's timer scales the wall
-            samples.append((c1 - c0) * ((t1 - t0) / (w1 - w0) if w1 > w0 else 1) / number)
+        # process CPU time per operation, scaled as the benchmark's timer scales the wall
+        timing = measure(lambda: call(*args), repeat=REPEAT, number=number, warmup=0,
+                         timer=getattr(bench, "timer", time.perf_counter), cpu=True)
+        samples, unit = list(timing.cpu_samples), "s"
 finally:
     bench.teardown(*args)
 s = sorted(samples)
-k = (len(s) - 1) * 0.1  # the 10th percentile, interpolated (numpy's "linear")
-q10 = s[int(k)] + (k - int(k)) * (s[min(int(k) + 1, len(s) - 1)] - s[int(k)])
+# the 10th percentile, interpolated (numpy's "linear")
+q10 = statistics.quantiles(s, n=10, method="inclusive")[0] if len(s) > 1 else s[0]
 
 
 def fmt(x):
