@@ -165,3 +165,57 @@ def test_skipped_and_once_per_run_cases_are_rows_that_do_not_fail_the_gate(tmp_p
     table = gate.markdown(list(rows.values()))
     assert "skipped: backend nope unavailable" in table and "measured once per run" in table
     shutil.rmtree(tmp_path / "work", ignore_errors=True)
+
+
+WARMING_BENCH = '''
+class SetupWarms:
+    warmup_time = 0.0  # asv: "setup warms up"
+
+    def time_a(self):
+        pass
+
+
+class SetupWarmsButAsks:
+    warmup_time = 0
+    gate_warmup = 2
+
+    def time_b(self):
+        pass
+
+
+class AsvWarms:
+    warmup_time = 0.1
+
+    def time_c(self):
+        pass
+
+
+def time_plain():
+    pass
+'''
+
+
+def test_a_benchmark_whose_setup_warms_up_gets_no_warm_up_call(tmp_path, monkeypatch):
+    """asv's ``warmup_time = 0`` (most bench classes: "setup warms up") means no warm-up call in
+    the gate's rounds either; a ``gate_warmup`` of the benchmark's own still wins, and anything
+    else takes ``Settings.warmup``."""
+    import sys
+    import types
+
+    from harness.gate import worker
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench_warming.py").write_text(WARMING_BENCH)
+    package = types.ModuleType("bench")
+    package.__path__ = [str(tmp_path / "bench")]
+    monkeypatch.setitem(sys.modules, "bench", package)
+    try:
+        cases, errors = worker.discover(tmp_path, lambda cid: True, modules=["bench_warming"])
+    finally:
+        sys.modules.pop("bench.bench_warming", None)
+    assert errors == {}
+    warmups = {c.id: c.warmup for c in cases}
+    assert warmups == {"bench_warming.SetupWarms.time_a": 0,
+                       "bench_warming.SetupWarmsButAsks.time_b": 2,
+                       "bench_warming.AsvWarms.time_c": None,  # Settings.warmup
+                       "bench_warming.time_plain": None}

@@ -27,8 +27,9 @@ How a run works (one module per concern)
   A then B, case 2: B then A, ...), so the two values of a pair are seconds apart (on this VM
   the machine's speed drifts on that time scale). ``Run`` is the run file.
 - ``worker``: the server, stdlib only and booted by path (a commit without this package can
-  still be measured); per round and case ``setup``, 3 timed warm-up calls, samples for 0.3 s
-  (5 to 25 of them), ``teardown`` (a benchmark's own ``gate_warmup`` / ``gate_samples`` win:
+  still be measured); per round and case ``setup``, 3 timed warm-up calls (none for a
+  benchmark whose asv ``warmup_time`` is 0: its setup warms up), samples for 0.3 s (5 to 25 of
+  them), ``teardown`` (a benchmark's own ``gate_warmup`` / ``gate_samples`` win:
   bench_training's ``TrainingRun``, one short training run a round); the same-round
   calibration workload between cases. It owns the test-only slowdown knob
   (``RLGAUGE_INJECT_SLOWDOWN``).

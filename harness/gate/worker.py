@@ -21,7 +21,9 @@ to the runner over a pipe (one JSON line per event) and writes each round to a J
   file in the format ``round`` writes.
 - A benchmark may set ``gate_warmup`` (warm-up calls per round) and ``gate_samples`` (exactly
   that many samples per round, whatever the budget) on its class or method: for a call too
-  costly for the defaults (``bench_training.TrainingRun``: one training run per round).
+  costly for the defaults (``bench_training.TrainingRun``: one training run per round). One
+  that sets asv's ``warmup_time = 0`` (its ``setup`` warms up, as most bench classes do) gets
+  no warm-up call here either unless it sets ``gate_warmup``.
 - The test-only slowdown knob lives here (``RLGAUGE_INJECT_SLOWDOWN``, ``slowed_down``): the
   validity study and the tests inject known slowdowns into one side; asv runs never read it.
 """
@@ -165,7 +167,8 @@ class _Case:
     version: str
     timer: Callable[[], float]
     number: int
-    warmup: int | None = None  # the benchmark's ``gate_warmup``: overrides Settings.warmup
+    warmup: int | None = None  # ``gate_warmup`` (else 0 if ``warmup_time = 0``): wins over
+    #: Settings.warmup
     samples: int | None = None  # its ``gate_samples``: exactly that many, whatever the budget
 
     def meta(self) -> dict:
@@ -229,6 +232,8 @@ def discover(tree: Path, wanted: Callable[[str], bool], modules: Iterable[str] |
                 timer = getattr(owner, "timer", None) or time.perf_counter
                 number = getattr(owner, "number", 0) or 1
                 gate_warmup = getattr(func, "gate_warmup", getattr(owner, "gate_warmup", None))
+                if gate_warmup is None and getattr(owner, "warmup_time", None) == 0:
+                    gate_warmup = 0  # asv's "setup warms up": no warm-up call either
                 gate_samples = getattr(func, "gate_samples",
                                        getattr(owner, "gate_samples", None))
                 version = _source_hash(func, getattr(cls, "setup", None),
