@@ -153,7 +153,8 @@ def test_skipped_and_once_per_run_cases_are_rows_that_do_not_fail_the_gate(tmp_p
     once = rows["bench_skips.Once.track_us"]
     assert once.verdict == "not gated: measured once per run" and once.low is None
     assert once.ratio == pytest.approx(once.head / once.base)
-    assert rows["bench_skips.Plain.time_sum"].verdict in {"no change", "slower", "faster"}
+    plain = rows["bench_skips.Plain.time_sum"]  # timed and gated: a ratio and an interval
+    assert plain.pairs == 6 and plain.low is not None and plain.low <= plain.ratio <= plain.high
     # a benchmark's own gate_warmup / gate_samples (bench_training.TrainingRun's) win over the
     # settings: no warm-up call, exactly 2 samples a round, whatever the budget
     costly = [r[side]["cases"]["bench_skips.Costly.time_run"] for r in result.rounds
@@ -161,7 +162,10 @@ def test_skipped_and_once_per_run_cases_are_rows_that_do_not_fail_the_gate(tmp_p
     assert all(c["warmup"] == [] and len(c["cpu"]) == 2 for c in costly), costly[0]
     assert all(len(r["base"]["cases"]["bench_skips.Plain.time_sum"]["cpu"]) >= 5
                for r in result.rounds)
-    assert gate.gate_exit_code(rows.values()) == 0
+    # neither a skip nor a once-per-run value fails the gate; the two timed rows are identical
+    # code measured for 6 rounds, so their verdicts are chance here and stay out of the exit code
+    # (an A/A REGRESSION of the 2-sample `Costly` failed this test once on CI)
+    assert gate.gate_exit_code([rows["bench_skips.Missing.time_step"], once]) == 0
     table = gate.markdown(list(rows.values()))
     assert "skipped: backend nope unavailable" in table and "measured once per run" in table
     shutil.rmtree(tmp_path / "work", ignore_errors=True)
