@@ -115,6 +115,7 @@ SNIPPET = '''\
 # Run from a checkout of rlgauge (bench/ and harness/ are imported from the current directory,
 # or from $RLGAUGE_ROOT) with each build's interpreter, e.g.
 #   {run}
+import importlib.util
 import os
 import statistics
 import sys
@@ -123,9 +124,16 @@ import time
 for _k, _v in {{"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MUJOCO_GL": "egl",
                "RL_LOGGING_LEVEL": "WARNING"}}.items():
     os.environ.setdefault(_k, _v)
-sys.path.insert(0, os.environ.get("RLGAUGE_ROOT", os.getcwd()))
+ROOT = os.environ.get("RLGAUGE_ROOT", os.getcwd())
+sys.path.insert(0, ROOT)
 from harness import compat  # noqa: E402
 from harness.timing import measure  # noqa: E402  (the gate worker's sampler)
+
+# the gate's worker (stdlib only), by path as the gate boots it: its warm-up rule
+_spec = importlib.util.spec_from_file_location(
+    "rlgauge_gate_worker", os.path.join(ROOT, "harness", "gate", "worker.py"))
+worker = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(worker)
 
 compat.apply()  # torchrl < 0.14: accept the 0.14 keywords rlgauge passes (no-op on 0.14)
 import torch  # noqa: E402
@@ -149,7 +157,8 @@ try:
         samples = [call(*args) for _ in range(REPEAT)]
         unit = getattr(call, "unit", "")
     else:
-        for _ in range(getattr(bench, "gate_warmup", 3)):
+        warmup = worker.warmup_calls(getattr(Bench, "{method}"), Bench)
+        for _ in range(worker.Settings.warmup if warmup is None else warmup):
             call(*args)
         # process CPU time per operation, scaled as the benchmark's timer scales the wall
         timing = measure(lambda: call(*args), repeat=REPEAT, number=number, warmup=0,

@@ -200,6 +200,16 @@ def _grid(obj) -> tuple[tuple[str, ...], list[tuple]]:
     return names, list(itertools.product(*params)) if params else [()]
 
 
+def warmup_calls(func, owner) -> int | None:
+    """The warm-up calls a benchmark asks for in each round: its own ``gate_warmup`` (on the
+    method, else on its class), else 0 when it sets asv's ``warmup_time = 0`` (its setup warms
+    up); None: ``Settings.warmup``. ``versions.SNIPPET`` loads this file to warm up the same."""
+    asked = getattr(func, "gate_warmup", getattr(owner, "gate_warmup", None))
+    if asked is None and getattr(owner, "warmup_time", None) == 0:
+        return 0
+    return asked
+
+
 def discover(tree: Path, wanted: Callable[[str], bool], modules: Iterable[str] | None = None
              ) -> tuple[list[_Case], dict[str, str]]:
     """Benchmarks of ``tree/bench`` (imported from the interpreter's path) whose case id
@@ -231,9 +241,7 @@ def discover(tree: Path, wanted: Callable[[str], bool], modules: Iterable[str] |
                 unit = "seconds" if meth.startswith("time_") else getattr(func, "unit", "unit")
                 timer = getattr(owner, "timer", None) or time.perf_counter
                 number = getattr(owner, "number", 0) or 1
-                gate_warmup = getattr(func, "gate_warmup", getattr(owner, "gate_warmup", None))
-                if gate_warmup is None and getattr(owner, "warmup_time", None) == 0:
-                    gate_warmup = 0  # asv's "setup warms up": no warm-up call either
+                gate_warmup = warmup_calls(func, owner)
                 gate_samples = getattr(func, "gate_samples",
                                        getattr(owner, "gate_samples", None))
                 version = _source_hash(func, getattr(cls, "setup", None),
