@@ -589,6 +589,46 @@ def test_a_round_process_that_dies_mid_round_fails_that_round_only(tmp_path):
                if i not in errors)
 
 
+HEAP_BENCH = '''
+import gc
+
+
+class Heap:
+    def setup(self):
+        self.garbage = [[i] for i in range(1000)]  # the round's own objects
+
+    def track_frozen(self):
+        return gc.get_freeze_count()
+
+    def track_collected_objects(self):
+        return len(gc.get_objects())  # what a full collection in the round walks
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
+def test_rounds_start_from_a_frozen_heap_whatever_the_servers_history(tmp_path):
+    """The server freezes its heap once warm (``worker.freeze_heap``): a round's garbage
+    collections walk the round's own objects, not the warm server's half million (whose
+    collector state, inherited by every round, gave one server generation in three one full
+    collection per round). The ready message says how many objects were frozen."""
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "bench_heap.py").write_text(HEAP_BENCH)
+    fast = gate.Settings(budget_s=0.001, warmup=0, min_samples=1, max_samples=1,
+                         calibration_calls=0, track_calls=1)
+    result = gate.run([gate.Side("A", tree, settings=fast)], regex="bench_heap", rounds=2,
+                      workdir=tmp_path / "work")
+    frozen = result.info["A"]["gc_frozen"]
+    assert frozen > 10_000  # torch alone is more
+    for row in result.rounds:
+        cases = row["A"]["cases"]
+        # less a few frozen objects freed since (a frozen object can still die)
+        assert 0.99 * frozen <= cases["bench_heap.Heap.track_frozen"]["samples"][0] <= frozen
+        walked = cases["bench_heap.Heap.track_collected_objects"]["samples"][0]
+        assert 1000 <= walked < frozen / 10
+
+
 def test_cli_bad_revision_is_one_line_and_exit_2(capsys):
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")

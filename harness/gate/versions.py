@@ -129,7 +129,7 @@ sys.path.insert(0, ROOT)
 from harness import compat  # noqa: E402
 from harness.timing import measure  # noqa: E402  (the gate worker's sampler)
 
-# the gate's worker (stdlib only), by path as the gate boots it: its warm-up rule
+# the gate's worker (stdlib only), by path as the gate boots it: its warm-up rule and heap
 _spec = importlib.util.spec_from_file_location(
     "rlgauge_gate_worker", os.path.join(ROOT, "harness", "gate", "worker.py"))
 worker = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
@@ -149,6 +149,7 @@ params = [next(v for v in values if str(v) == WANT[name])
           for name, values in zip(Bench.param_names, grid)]
 bench = Bench()
 args = ([bench.setup_cache()] if hasattr(bench, "setup_cache") else []) + params
+worker.freeze_heap()  # as the gate's warm server: collections walk the run's own objects
 bench.setup(*args)
 call = getattr(bench, "{method}")
 number = getattr(bench, "number", 0) or 1
