@@ -589,6 +589,32 @@ def test_a_round_process_that_dies_mid_round_fails_that_round_only(tmp_path):
                if i not in errors)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
+@pytest.mark.parametrize("rounds, restart_every, block, generations", [
+    (5, 2, None, 3),  # rounds 0, 2, 4
+    (6, 2, 3, 4),  # each block of 3 starts fresh: rounds 0, 2 | 3, 5
+    (4, 0, None, 1),  # never
+    (6, 0, 3, 2),  # at every block only: rounds 0 | 3
+])
+def test_servers_restart_every_so_many_rounds_and_at_every_block(tmp_path, rounds,
+                                                                  restart_every, block,
+                                                                  generations):
+    """Fresh servers every ``restart_every`` rounds (each server can carry an offset of its
+    own) and, for the validity study, at the start of every block (its independent runs),
+    counted within the block; one log per server generation and side."""
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "bench_heap.py").write_text(HEAP_BENCH)
+    fast = gate.Settings(budget_s=0.001, warmup=0, min_samples=1, max_samples=1,
+                         calibration_calls=0, track_calls=1)
+    result = gate.run([gate.Side("A", tree, settings=fast)], regex="bench_heap", rounds=rounds,
+                      restart_every=restart_every, block=block, workdir=tmp_path / "work")
+    assert len(result.rounds) == rounds and result.restart_every == restart_every
+    logs = sorted(p.name for p in (tmp_path / "work" / "logs").iterdir())
+    assert logs == [f"A-{g}.log" for g in range(generations)]
+
+
 HEAP_BENCH = '''
 import gc
 
@@ -635,6 +661,13 @@ def test_cli_bad_revision_is_one_line_and_exit_2(capsys):
     assert gate.main(["regress", "no-such-rev-xyz", "HEAD"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: unknown git revision 'no-such-rev-xyz'"]
+
+
+@pytest.mark.parametrize("command", ["regress", "validity", "noise", "versions"])
+def test_cli_negative_restart_every_is_one_line_and_exit_2(capsys, command):
+    assert gate.main([command, "--restart-every", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --restart-every must be >= 0 (0: never), got -1"]
 
 
 def test_versions_refuses_a_side_that_is_no_build(capsys):

@@ -118,7 +118,12 @@ VERSION_CASES = (
 #: the validity study runs the gate's own cases
 VALIDITY_CASES = GATE_CASES
 
-DEFAULT_ROUNDS = 10
+DEFAULT_ROUNDS = 12
+#: fresh servers (a new job) every so many rounds: each server can carry an offset of its own
+#: (validity run 7: `EnvStep` probe 8 envs ran 6% slower in one server of 12 on identical code,
+#: an A/A alarm); 2 generations per side over 12 rounds halve it. A restart costs ~10 s, and 3
+#: generations took 4 min 41 s, too close to the 5 minutes. 0 or None: never
+DEFAULT_RESTART_EVERY = 6
 #: a round's sides take turns case by case (``harness.gate.runner._case_round``)
 DEFAULT_INTERLEAVE = "case"
 DEFAULT_THRESHOLD = 0.06  # 5% until case-by-case rounds (validity-vm-26cases.md)
@@ -129,7 +134,8 @@ DEFAULT_STAT = "q10"  # of the round's samples: less spread than the median
 INJECT_ENV = INJECT_SLOWDOWN_ENV  # the test-only slowdown knob (harness.gate.worker)
 
 __all__ = ["DEFAULT_CLOCK", "DEFAULT_CONFIDENCE", "DEFAULT_INTERLEAVE", "DEFAULT_NORMALISE",
-           "DEFAULT_ROUNDS", "DEFAULT_STAT", "DEFAULT_THRESHOLD", "FAMILIES", "GATE_CASES",
+           "DEFAULT_RESTART_EVERY", "DEFAULT_ROUNDS", "DEFAULT_STAT", "DEFAULT_THRESHOLD",
+           "FAMILIES", "GATE_CASES",
            "INJECT_ENV", "NOT_GATED", "ROOT", "SUPPORTED", "Settings", "VALIDITY_CASES",
            "VERSION_CASES", "case_direction", "case_family", "case_meta", "case_params",
            "selector", "split_case"]

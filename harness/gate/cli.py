@@ -35,6 +35,7 @@ from harness.gate.cases import (
     DEFAULT_CLOCK,
     DEFAULT_CONFIDENCE,
     DEFAULT_NORMALISE,
+    DEFAULT_RESTART_EVERY,
     DEFAULT_ROUNDS,
     DEFAULT_STAT,
     DEFAULT_THRESHOLD,
@@ -126,8 +127,8 @@ def cmd_regress(args) -> int:
                           settings=_settings(args)),
                      Side("head", export_tree(head, workdir / "head"), label=_short(head),
                           settings=_settings(args))]
-        result = run(sides, **_selection(args), rounds=args.rounds, progress=_say,
-                     workdir=workdir)
+        result = run(sides, **_selection(args), rounds=args.rounds,
+                     restart_every=args.restart_every, progress=_say, workdir=workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.raw:
@@ -186,7 +187,8 @@ def cmd_history(args) -> int:
                          f"{history.STORE.relative_to(ROOT)}/")
     result = history.history(
         args.history, tip=revs[0] if revs else None, **_selection(args),
-        settings=_settings(args), rounds=args.rounds, machine=args.machine,
+        settings=_settings(args), rounds=args.rounds, restart_every=args.restart_every,
+        machine=args.machine,
         method=Method(args.clock, args.stat, args.normalise), threshold=args.threshold,
         confidence=args.confidence, progress=_say)
     _emit(result.markdown(), args.out)
@@ -235,7 +237,7 @@ def cmd_validity(args) -> int:
     result = _measured(args, "validity", lambda tree, tmp: run(
         validity_sides(tree, sizes, settings=_settings(args)),
         **_selection(args, VALIDITY_CASES), rounds=args.blocks * args.rounds,
-        restart_every=args.rounds, progress=_say, workdir=tmp))
+        block=args.rounds, restart_every=args.restart_every, progress=_say, workdir=tmp))
     text, chosen, met = validity_report(result, block=args.rounds, sizes=sizes,
                                         resamples=args.resamples, command=command)
     out = args.out or ROOT / "results" / "gate" / f"validity-{machine_name()}.md"
@@ -251,7 +253,8 @@ def cmd_noise(args) -> int:
     result = _measured(args, "noise", lambda tree, tmp: run(
         [Side(n, tree, settings=Settings(threads=s.threads, cpu=s.cpu, budget_s=args.budget))
          for n, s in NOISE_SIDES],
-        **_selection(args), rounds=args.rounds, progress=_say, workdir=tmp))
+        **_selection(args), rounds=args.rounds, restart_every=args.restart_every,
+        progress=_say, workdir=tmp))
     out = args.out or ROOT / "results" / "gate" / f"noise-{machine_name()}.md"
     _emit(noise_report(result, command=command), out)
     return 0
@@ -282,8 +285,8 @@ def cmd_versions(args) -> int:
         gate_sides = [Side(b.name, tree, python=b.python, compat=True, label=b.name,
                            settings=_settings(args), env={compat.LOG_ENV: str(logs[b.name])})
                       for b in builds]
-        result = run(gate_sides, **selection, rounds=args.rounds, progress=_say,
-                     workdir=tmp / "gate")
+        result = run(gate_sides, **selection, rounds=args.rounds,
+                     restart_every=args.restart_every, progress=_say, workdir=tmp / "gate")
         adaptations = {b.name: vreport.merge_adaptations(b.adaptations,
                                                          compat.read_log(logs[b.name]))
                        for b in builds}
@@ -369,6 +372,10 @@ def _parser():
                         help="cases whose id matches (re.search), e.g. 'GAE|Sample'; default: "
                              "the gate subset (GATE_CASES)")
         sp.add_argument("--rounds", type=int, default=rounds, help=f"default {rounds}")
+        sp.add_argument("--restart-every", type=int, default=DEFAULT_RESTART_EVERY, metavar="N",
+                        help="fresh worker processes every N rounds (each process can carry "
+                             "an offset of its own; 0: one process per side for the whole "
+                             "run; default %(default)s)")
         sp.add_argument("--budget", type=float, default=Settings.budget_s,
                         help="seconds of samples per case and round (default %(default)s)")
         sp.add_argument("--raw", type=Path, help="also save every measurement (JSON)")
@@ -444,6 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv[1:]
+    if getattr(args, "restart_every", 0) < 0:
+        print(f"error: --restart-every must be >= 0 (0: never), got {args.restart_every}",
+              file=sys.stderr)
+        return 2
     commands = {"regress": cmd_regress, "validity": cmd_validity, "noise": cmd_noise,
                 "versions": cmd_versions, "list": cmd_list}
     try:

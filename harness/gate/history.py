@@ -47,6 +47,7 @@ from harness.errors import UsageError
 from harness.gate.cases import (
     DEFAULT_CONFIDENCE,
     DEFAULT_INTERLEAVE,
+    DEFAULT_RESTART_EVERY,
     DEFAULT_ROUNDS,
     DEFAULT_THRESHOLD,
     GATE_CASES,
@@ -122,9 +123,11 @@ def first_parent_pairs(n: int, tip: str, repo: Path = ROOT) -> list[tuple[str, s
     return [(entries[i][0], entries[i + 1][0], entries[i][1]) for i in range(n)]
 
 
-def settings_key(settings: Settings, rounds: int) -> tuple[str, dict]:
+def settings_key(settings: Settings, rounds: int,
+                 restart_every: int | None = DEFAULT_RESTART_EVERY) -> tuple[str, dict]:
     """(key, what it hashes): what shapes the raw measurements besides the commit, the case
-    and the machine -- the worker's ``Settings``, the rounds, this interpreter's Python and
+    and the machine -- the worker's ``Settings``, the rounds and server restarts, this
+    interpreter's Python and
     torch/torchrl/tensordict versions (the sides run under it), how the rounds interleave the
     sides, and the gate's measuring code (``worker.py``, ``timing.py``: both sides run this
     checkout's copy)."""
@@ -136,6 +139,7 @@ def settings_key(settings: Settings, rounds: int) -> tuple[str, dict]:
             versions[dist] = None
     code = hashlib.sha256(WORKER_PY.read_bytes() + TIMING_PY.read_bytes()).hexdigest()[:12]
     described = {"settings": asdict(settings), "rounds": rounds,
+                 "restart_every": restart_every or None,
                  "interleave": DEFAULT_INTERLEAVE, "python": platform.python_version(),
                  **versions, "worker": code}
     text = json.dumps(described, sort_keys=True)
@@ -291,20 +295,21 @@ def _rows(stored: Sequence[Stored], cases: Sequence[str] | None, regex: str | No
 
 
 def _measure_pair(parent: str, commit: str, *, cases, regex, settings: Settings, rounds: int,
-                  repo: Path, progress) -> Run:
+                  restart_every: int | None, repo: Path, progress) -> Run:
     with tempfile.TemporaryDirectory(prefix="rlgauge-gate-history-") as tmp:
         work = Path(tmp)
         sides = [Side("base", export_tree(parent, work / "base", repo), label=parent[:10],
                       settings=settings),
                  Side("head", export_tree(commit, work / "head", repo), label=commit[:10],
                       settings=settings)]
-        return run(sides, cases=cases, regex=regex, rounds=rounds, progress=progress,
-                   workdir=work)
+        return run(sides, cases=cases, regex=regex, rounds=rounds,
+                   restart_every=restart_every, progress=progress, workdir=work)
 
 
 def history(n: int, *, tip: str | None = None, cases: Sequence[str] | None = GATE_CASES,
             regex: str | None = None, settings: Settings | None = None,
-            rounds: int = DEFAULT_ROUNDS, machine: str | None = None, store: Path = STORE,
+            rounds: int = DEFAULT_ROUNDS, restart_every: int | None = DEFAULT_RESTART_EVERY,
+            machine: str | None = None, store: Path = STORE,
             repo: Path = ROOT, method: Method | None = None,
             threshold: float = DEFAULT_THRESHOLD, confidence: float = DEFAULT_CONFIDENCE,
             progress: Callable[[str], None] | None = None) -> History:
@@ -318,7 +323,7 @@ def history(n: int, *, tip: str | None = None, cases: Sequence[str] | None = GAT
     pairs = first_parent_pairs(n, tip, repo)
     if rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {rounds}")
-    key, described = settings_key(settings, rounds)
+    key, described = settings_key(settings, rounds, restart_every)
     machine = machine or machine_name()
     requested = {"regex": regex} if regex else {"cases": list(cases or ())}
     selection = hashlib.sha256(json.dumps(requested, sort_keys=True).encode()).hexdigest()[:8]
@@ -339,7 +344,8 @@ def history(n: int, *, tip: str | None = None, cases: Sequence[str] | None = GAT
             say(f"{head}: measuring {'-b ' + regex if regex else f'{len(todo)} case(s)'} "
                 f"against its parent {parent[:10]}")
             result = _measure_pair(parent, commit, cases=None if regex else todo,
-                                   regex=regex, settings=settings, rounds=rounds, repo=repo,
+                                   regex=regex, settings=settings, rounds=rounds,
+                                   restart_every=restart_every, repo=repo,
                                    progress=say)
             for side, sha in zip(result.sides, (parent, commit), strict=True):
                 side["commit"] = sha

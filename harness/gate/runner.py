@@ -14,7 +14,8 @@
   apart), or side by side (``interleave="round"``: ``side_order``, A B, B A, ..., each side
   measuring all its cases in turn); either way every side takes every position equally often
   and a linear drift cancels in pairs; ``restart_every`` starts fresh servers (a new job)
-  every so many rounds.
+  every so many rounds (``DEFAULT_RESTART_EVERY``: a server can carry an offset of its own,
+  which fresh generations average out; the setup_cache pickles make a restart ~9 s).
 - ``Run`` is everything measured, saved as JSON with a format version (``RUN_FORMAT``).
 """
 
@@ -38,6 +39,7 @@ from pathlib import Path
 from harness import atomic
 from harness.gate.cases import (
     DEFAULT_INTERLEAVE,
+    DEFAULT_RESTART_EVERY,
     DEFAULT_ROUNDS,
     INJECT_ENV,
     ROOT,
@@ -332,16 +334,23 @@ class Run:
 
 
 def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str | None = None,
-        rounds: int = DEFAULT_ROUNDS, restart_every: int | None = None,
-        progress: Callable[[str], None] | None = None, workdir: Path | None = None,
+        rounds: int = DEFAULT_ROUNDS, restart_every: int | None = DEFAULT_RESTART_EVERY,
+        block: int | None = None, progress: Callable[[str], None] | None = None,
+        workdir: Path | None = None,
         ready_timeout: float = 900.0, round_timeout: float = 600.0,
         interleave: str = DEFAULT_INTERLEAVE) -> Run:
     """Measure ``sides`` in ``rounds`` interleaved rounds; every side's servers are restarted
-    every ``restart_every`` rounds (a fresh process, as a new job). ``interleave``: ``case``
+    every ``restart_every`` rounds (a fresh process, as a new job; 0 or None: never) and, with
+    ``block``, at the start of every block of that many rounds (the validity study's
+    independent gate runs), counting within the block. ``interleave``: ``case``
     (each case measured by every side in turn within the round: ``_case_round``) or ``round``
     (each side measures the whole round in turn, ``side_order``)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if restart_every is not None and restart_every < 0:
+        raise ValueError(f"--restart-every must be >= 0 (0: never), got {restart_every}")
+    if block is not None and block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     if interleave not in INTERLEAVE:
         raise ValueError(f"interleave must be one of {', '.join(INTERLEAVE)}, got "
                          f"{interleave!r}")
@@ -366,7 +375,8 @@ def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str
     try:
         generation = 0
         for index in range(rounds):
-            if not servers or (restart_every and index % restart_every == 0):
+            at = index % block if block else index  # the round's place in its block
+            if not servers or at == 0 and block or (restart_every and at % restart_every == 0):
                 for server in servers:
                     server.close()
                 say(f"starting {len(sides)} worker(s) (generation {generation})")

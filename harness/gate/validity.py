@@ -316,14 +316,17 @@ def validity_report(run_: Run, *, block: int, sizes: Sequence[float] = VALIDITY_
     res_r = rates["resampled", method, conf, thr]
     n_blocks = len(run_.rounds) // block
     gated = gated_cases(run_)
+    k = run_.restart_every
+    within = f" and every {k} rounds within it, as the gate does" if k and k < block else ""
     L = [f"# Regression gate validity: machine `{machine_name()}`", "",
          f"Measured with `{command}`." if command else "", "",
          "## Conditions", "", *conditions(run_),
          f"- {len(run_.rounds)} interleaved rounds of the sides "
          f"{', '.join(run_.side_names())} (A and A' are the same checkout; `+x%` injects x% "
          f"extra work per call through `RLGAUGE_INJECT_SLOWDOWN`, harness/gate/worker.py); "
-         f"workers restarted every {block} rounds, so each block of {block} rounds is an "
-         f"independent gate run (fresh processes): **{n_blocks} block trials**; plus "
+         f"workers restarted at the start of every block of {block} rounds"
+         f"{within}, so each block is an independent gate run (fresh processes): "
+         f"**{n_blocks} block trials**; plus "
          f"{resamples} **resampled trials** of {block} rounds drawn from all "
          f"{len(run_.rounds)} (they assume rounds are exchangeable; the block trials check "
          f"that).", "",
