@@ -142,6 +142,9 @@ def test_settings_key_changes_with_what_shapes_the_measurements():
     assert history.settings_key(gate.Settings(), 10) == (key, described)
     assert history.settings_key(gate.Settings(budget_s=0.1), 10)[0] != key
     assert history.settings_key(gate.Settings(), 15)[0] != key
-    assert set(described) == {"settings", "rounds", "interleave", "python", "torch", "torchrl",
-                              "tensordict", "worker"}
+    assert history.settings_key(gate.Settings(), 10, restart_every=0)[0] != key
+    assert history.settings_key(gate.Settings(), 10, restart_every=0) == \
+        history.settings_key(gate.Settings(), 10, restart_every=None)  # both: never
+    assert set(described) == {"settings", "rounds", "restart_every", "interleave", "python",
+                              "torch", "torchrl", "tensordict", "worker"}
     assert described["interleave"] == "case"

@@ -23,7 +23,9 @@ How a run works (one module per concern)
 - ``runner``: each side is a checkout (``git archive`` of the commit, or a copy of the working
   tree) measured by one server process with ``PYTHONPATH`` at the checkout, so each commit's
   own ``harness/``, ``reference_impls/`` *and* ``bench/`` are measured; each round is a child
-  forked from the side's server, and within a round the sides take turns case by case (case 1:
+  forked from the side's server, fresh servers start every 6 rounds (``--restart-every``,
+  ``cases.DEFAULT_RESTART_EVERY``: a server can carry an offset of its own), 12 rounds by
+  default (``cases.DEFAULT_ROUNDS``), and within a round the sides take turns case by case (case 1:
   A then B, case 2: B then A, ...), so the two values of a pair are seconds apart (on this VM
   the machine's speed drifts on that time scale). ``Run`` is the run file.
 - ``worker``: the server, stdlib only and booted by path (a commit without this package can
@@ -31,8 +33,9 @@ How a run works (one module per concern)
   benchmark whose asv ``warmup_time`` is 0: its setup warms up), samples for 0.3 s (5 to 25 of
   them), ``teardown`` (a benchmark's own ``gate_warmup`` / ``gate_samples`` win:
   bench_training's ``TrainingRun``, one short training run a round); the same-round
-  calibration workload between cases. It owns the test-only slowdown knob
-  (``RLGAUGE_INJECT_SLOWDOWN``).
+  calibration workload between cases. Once warm it freezes its heap (``freeze_heap``): a
+  round's garbage collections walk the round's own objects, whatever the server's history. It
+  owns the test-only slowdown knob (``RLGAUGE_INJECT_SLOWDOWN``).
 - Noise controls in every worker (``cases.Settings``): 1 torch thread (and OMP/MKL), pinned to
   one CPU for the rounds (the servers import and warm up before they pin, side by side on all
   CPUs), warm-up, many samples, interleaving; the round's value of a case is the 10th
@@ -61,7 +64,7 @@ Why not ``asv continuous``
   benchmark sets its own ``timer``, and has no higher-is-better metric (an fps gain fails it).
 - It builds and installs the project per commit into its own environments and runs every
   parameter point in a fresh process with setup per sample; this gate runs in the nox venv,
-  history-free, with one server per side.
+  history-free, with one server per side at a time.
 
 Limits: the CPU clock leaves out work done in other processes (multi-process collectors,
 ``ParallelEnv``): select such benchmarks with ``--clock wall``. The 10th percentile sees work

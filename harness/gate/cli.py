@@ -161,9 +161,12 @@ def cmd_regress(args) -> int:
     rows = compare(result, "base", "head", threshold=args.threshold,
                    confidence=args.confidence, **method.kw(),
                    not_gated=None if args.bench else NOT_GATED)
+    restarts = (f"fresh servers every {args.restart_every} rounds"
+                if args.restart_every and args.restart_every < args.rounds else "one server a side")
     title = (f"## Regression gate: {_short(base)} → {_short(head)}\n\n{args.rounds} interleaved "
-             f"rounds, round value {method}, Hodges-Lehmann {args.confidence:.0%} interval, "
-             f"fails on a significant slowdown > {args.threshold:.0%}; {minutes}.")
+             f"rounds ({restarts}), round value {method}, Hodges-Lehmann "
+             f"{args.confidence:.0%} interval, fails on a significant slowdown > "
+             f"{args.threshold:.0%}; {minutes}.")
     _emit(markdown(rows, title=title, confidence=args.confidence, base_label=_short(base),
                    head_label=_short(head)), args.out)
     failed = [r.case for r in rows if r.verdict == REGRESSION]
