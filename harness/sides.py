@@ -765,16 +765,17 @@ def _junit(path: Path) -> dict:
     return out
 
 
-def _final_return(results_dir: Path) -> float | None:
-    import csv
+def _final_return(results_dir: Path) -> tuple[float | None, str]:
+    """(the run's ``final_return``, "") from the results files under ``results_dir`` (the
+    results store's own reader, ``harness.results.load_many``), else (None, why)."""
+    from harness import results
 
-    for path in results_dir.glob("*.csv"):
-        with open(path) as f:
-            rows = csv.DictReader(ln for ln in f if not ln.startswith("#"))
-            for row in rows:
-                if row.get("metric") == "final_return" and row.get("status", "ok") == "ok":
-                    return float(row["value"])
-    return None
+    frame, errors = results.load_many(results_dir)
+    rows = frame[(frame["metric"] == "final_return") & (frame["status"] == "ok")]
+    if len(rows):
+        return float(rows["value"].iloc[-1]), ""
+    why = "no final_return recorded"
+    return None, f"{why} ({errors[0]})" if errors else why
 
 
 def learning_check(builds: Sequence[Build], workdir: Path, *,
@@ -837,12 +838,10 @@ def learning_check(builds: Sequence[Build], workdir: Path, *,
                 say(f"{name}: probe tests: {res.probe['passed']} passed, "
                     f"{len(res.probe['failed'])} failed")
             else:
-                value = _final_return(out) if not err else None
+                value, missing = _final_return(out) if not err else (None, "")
                 ok = value is not None and value >= what.threshold
                 res.runs.append({**asdict(what), "final_return": value, "ok": ok,
-                                 "error": err or ("" if value is not None else
-                                                  "no final_return recorded"),
-                                 "seconds": seconds})
+                                 "error": err or missing, "seconds": seconds})
                 got = f"error: {err}" if err else (
                     f"return {value:.1f}" if value is not None else "no final_return")
                 say(f"{name}: {what.algorithm} on {what.backend}/{what.task}: {got}")

@@ -268,15 +268,30 @@ if os.environ.get("FAKE_CRASH") == algorithm:
     sys.exit("RuntimeError: boom")
 os.makedirs(out, exist_ok=True)
 value = os.environ.get("FAKE_RETURN_" + algorithm, "500")
-open(os.path.join(out, "r.csv"), "w").write(
-    "# rlgauge-results schema_version=3\\nmetric,value,status\\nepisode_return,1,ok\\n"
-    f"final_return,{{value}},ok\\n")
+text = {results!r}.replace("{sentinel}", value)
+if os.environ.get("FAKE_CUT_SHORT") == algorithm:  # a damaged file: no footer line
+    text = text[:text.index("# end")]
+open(os.path.join(out, "r.csv"), "w").write(text)
 """
+#: the value the fake's results file carries until it writes the asked one
+SENTINEL = 424242.5
+
+
+def _fake_results() -> str:
+    """A schema-valid results file (what a run writes): an episode return and a final return
+    of ``SENTINEL``."""
+    from harness import results
+
+    return results.dumps(results.make_records(
+        [{"metric": "episode_return", "value": 1.0}, {"metric": "final_return",
+                                                       "value": SENTINEL}],
+        algorithm="ppo", backend="gymnasium", task="cartpole", device="cpu"))
 
 
 def _fake_build(tmp_path: Path, name: str) -> sides.Build:
     python = tmp_path / f"python-{name}"
-    python.write_text(FAKE_PYTHON.format(python=sys.executable))
+    python.write_text(FAKE_PYTHON.format(python=sys.executable, results=_fake_results(),
+                                         sentinel=SENTINEL))
     python.chmod(0o755)
     return sides.Build(sides.Spec(name, "python", str(python), label=name), name, str(python),
                        {"torchrl": "0.0", "tensordict": "0.0", "torch": "2.13.0+cpu"})
@@ -302,6 +317,11 @@ def test_learning_check_marks_a_side_broken(tmp_path, monkeypatch):
     assert res.broken and res.probe["failed"] == ["test_dqn::test_b (AssertionError: V(3) off "
                                                   "by 9%)"]
     assert any("ppo run failed: RuntimeError: boom" in w for w in res.why)
+    # a results file that does not load: no return, and the reader's reason
+    monkeypatch.setenv("FAKE_CUT_SHORT", "ddpg")
+    res = sides.learning_check([bad], tmp_path / "d", runs=runs)["bad"]
+    why = [w for w in res.why if w.startswith("ddpg run failed: no final_return recorded (")]
+    assert why and "r.csv" in why[0], res.why
 
 
 def test_learning_runs_thresholds_sit_between_untrained_and_trained():
