@@ -269,7 +269,7 @@ def freeze_heap() -> int:
     threshold; in a forked child that also copies every page it touches (a full collection in
     a child of a 0.4 M-object process: 230 ms). A one-sample training run took the whole
     ~0.3 s: the one-spike-per-round server generations behind the TrainingRun A/A offsets
-    of validity runs 1, 3, 5 and 6. Frozen (3 servers of 3), no round ran one: each round's
+    of validity runs 2, 3, 5 and 6. Frozen (3 servers of 3), no round ran one: each round's
     collections walk its own objects only, as in a process running the benchmark alone.
     ``versions.SNIPPET`` calls it too."""
     gc.collect()
