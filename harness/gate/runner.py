@@ -15,7 +15,8 @@
   measuring all its cases in turn); either way every side takes every position equally often
   and a linear drift cancels in pairs; ``restart_every`` starts fresh servers (a new job)
   every so many rounds (``DEFAULT_RESTART_EVERY``: a server can carry an offset of its own,
-  which fresh generations average out; the setup_cache pickles make a restart ~9 s).
+  which fresh generations average out; with the setup_cache pickles a restart of both
+  servers takes ~10 s in `nox -s regress`).
 - ``Run`` is everything measured, saved as JSON with a format version (``RUN_FORMAT``).
 """
 
