@@ -589,32 +589,6 @@ def test_a_round_process_that_dies_mid_round_fails_that_round_only(tmp_path):
                if i not in errors)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
-@pytest.mark.parametrize("rounds, restart_every, block, generations", [
-    (5, 2, None, 3),  # rounds 0, 2, 4
-    (6, 2, 3, 4),  # each block of 3 starts fresh: rounds 0, 2 | 3, 5
-    (4, 0, None, 1),  # never
-    (6, 0, 3, 2),  # at every block only: rounds 0 | 3
-])
-def test_servers_restart_every_so_many_rounds_and_at_every_block(tmp_path, rounds,
-                                                                  restart_every, block,
-                                                                  generations):
-    """Fresh servers every ``restart_every`` rounds (each server can carry an offset of its
-    own) and, for the validity study, at the start of every block (its independent runs),
-    counted within the block; one log per server generation and side."""
-    tree = tmp_path / "tree"
-    (tree / "bench").mkdir(parents=True)
-    (tree / "bench" / "__init__.py").write_text("")
-    (tree / "bench" / "bench_heap.py").write_text(HEAP_BENCH)
-    fast = gate.Settings(budget_s=0.001, warmup=0, min_samples=1, max_samples=1,
-                         calibration_calls=0, track_calls=1)
-    result = gate.run([gate.Side("A", tree, settings=fast)], regex="bench_heap", rounds=rounds,
-                      restart_every=restart_every, block=block, workdir=tmp_path / "work")
-    assert len(result.rounds) == rounds and result.restart_every == restart_every
-    logs = sorted(p.name for p in (tmp_path / "work" / "logs").iterdir())
-    assert logs == [f"A-{g}.log" for g in range(generations)]
-
-
 HEAP_BENCH = '''
 import gc
 
@@ -631,20 +605,45 @@ class Heap:
 '''
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
-def test_rounds_start_from_a_frozen_heap_whatever_the_servers_history(tmp_path):
-    """The server freezes its heap once warm (``worker.freeze_heap``): a round's garbage
-    collections walk the round's own objects, not the warm server's half million (whose
-    collector state, inherited by every round, gave one server generation in three one full
-    collection per round). The ready message says how many objects were frozen."""
+def _heap_run(tmp_path, **run_kw) -> gate.Run:
+    """One side measuring ``HEAP_BENCH`` once a round (one sample, no warm-up or calibration)
+    in ``tmp_path / "work"``."""
     tree = tmp_path / "tree"
     (tree / "bench").mkdir(parents=True)
     (tree / "bench" / "__init__.py").write_text("")
     (tree / "bench" / "bench_heap.py").write_text(HEAP_BENCH)
     fast = gate.Settings(budget_s=0.001, warmup=0, min_samples=1, max_samples=1,
                          calibration_calls=0, track_calls=1)
-    result = gate.run([gate.Side("A", tree, settings=fast)], regex="bench_heap", rounds=2,
-                      workdir=tmp_path / "work")
+    return gate.run([gate.Side("A", tree, settings=fast)], regex="bench_heap",
+                    workdir=tmp_path / "work", **run_kw)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
+@pytest.mark.parametrize("rounds, restart_every, block, generations", [
+    (5, 2, None, 3),  # rounds 0, 2, 4
+    (6, 2, 3, 4),  # each block of 3 starts fresh: rounds 0, 2 | 3, 5
+    (4, 0, None, 1),  # never
+    (6, 0, 3, 2),  # at every block only: rounds 0 | 3
+])
+def test_servers_restart_every_so_many_rounds_and_at_every_block(tmp_path, rounds,
+                                                                  restart_every, block,
+                                                                  generations):
+    """Fresh servers every ``restart_every`` rounds (each server can carry an offset of its
+    own) and, for the validity study, at the start of every block (its independent runs),
+    counted within the block; one log per server generation and side."""
+    result = _heap_run(tmp_path, rounds=rounds, restart_every=restart_every, block=block)
+    assert len(result.rounds) == rounds and result.restart_every == restart_every
+    logs = sorted(p.name for p in (tmp_path / "work" / "logs").iterdir())
+    assert logs == [f"A-{g}.log" for g in range(generations)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
+def test_rounds_start_from_a_frozen_heap_whatever_the_servers_history(tmp_path):
+    """The server freezes its heap once warm (``worker.freeze_heap``): a round's garbage
+    collections walk the round's own objects, not the warm server's half million (whose
+    collector state, inherited by every round, gave one server generation in three one full
+    collection per round). The ready message says how many objects were frozen."""
+    result = _heap_run(tmp_path, rounds=2)
     frozen = result.info["A"]["gc_frozen"]
     assert frozen > 10_000  # torch alone is more
     for row in result.rounds:
@@ -665,6 +664,8 @@ def test_cli_bad_revision_is_one_line_and_exit_2(capsys):
 
 @pytest.mark.parametrize("command", ["regress", "validity", "noise", "versions"])
 def test_cli_negative_restart_every_is_one_line_and_exit_2(capsys, command):
+    with pytest.raises(ValueError, match="got -1"):  # the runner's own check, which main calls
+        gate.run([], restart_every=-1)
     assert gate.main([command, "--restart-every", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --restart-every must be >= 0 (0: never), got -1"]

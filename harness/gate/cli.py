@@ -55,6 +55,7 @@ from harness.gate.runner import (
     WORKTREE,
     Run,
     Side,
+    check_restart_every,
     default_base,
     export_tree,
     resolve,
@@ -454,13 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv[1:]
-    if getattr(args, "restart_every", 0) < 0:
-        print(f"error: --restart-every must be >= 0 (0: never), got {args.restart_every}",
-              file=sys.stderr)
-        return 2
     commands = {"regress": cmd_regress, "validity": cmd_validity, "noise": cmd_noise,
                 "versions": cmd_versions, "list": cmd_list}
     try:
+        check_restart_every(getattr(args, "restart_every", None))  # before any work
         return commands[args.command](args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

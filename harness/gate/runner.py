@@ -334,6 +334,12 @@ class Run:
         return [s["name"] for s in self.sides]
 
 
+def check_restart_every(restart_every: int | None) -> None:
+    """ValueError naming a negative ``--restart-every`` (0 or None: never restart)."""
+    if restart_every is not None and restart_every < 0:
+        raise ValueError(f"--restart-every must be >= 0 (0: never), got {restart_every}")
+
+
 def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str | None = None,
         rounds: int = DEFAULT_ROUNDS, restart_every: int | None = DEFAULT_RESTART_EVERY,
         block: int | None = None, progress: Callable[[str], None] | None = None,
@@ -348,8 +354,7 @@ def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str
     (each side measures the whole round in turn, ``side_order``)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    if restart_every is not None and restart_every < 0:
-        raise ValueError(f"--restart-every must be >= 0 (0: never), got {restart_every}")
+    check_restart_every(restart_every)
     if block is not None and block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     if interleave not in INTERLEAVE:
@@ -377,7 +382,7 @@ def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str
         generation = 0
         for index in range(rounds):
             at = index % block if block else index  # the round's place in its block
-            if not servers or at == 0 and block or (restart_every and at % restart_every == 0):
+            if at == 0 or (restart_every and at % restart_every == 0):  # round 0 included
                 for server in servers:
                     server.close()
                 say(f"starting {len(sides)} worker(s) (generation {generation})")
