@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
 import gzip
 import itertools
 import json
@@ -517,11 +518,17 @@ class Order:
                 os._exit(3)  # the round's process dies in the middle of the round
 
     def time_x(self, name):
+        if os.environ.get("ORDER_CALLS"):  # every call: which side took it, in what order
+            with open(os.environ["ORDER_CALLS"], "a") as log:
+                log.write(f"{os.environ['ORDER_SIDE']} {name}\\n")
         sum(range(100))
 '''
 
 
-def _order_run(tmp_path, interleave):
+def _order_run(tmp_path, interleave, calls=None, samples=(3, 3)):
+    """Sides A and B measuring ``ORDER_BENCH`` in 3 rounds: the run, and the order of the
+    setups after the servers' warm-up (side, case); with ``calls``, every call is logged there.
+    ``samples``: (min_samples, max_samples) of B (A takes 3)."""
     tree = tmp_path / "tree"
     (tree / "bench").mkdir(parents=True)
     (tree / "bench" / "__init__.py").write_text("")
@@ -529,9 +536,10 @@ def _order_run(tmp_path, interleave):
     log = tmp_path / "order.log"
     fast = gate.Settings(budget_s=0.001, warmup=1, min_samples=3, max_samples=3,
                          calibration_calls=0)
-    sides = [gate.Side(name, tree, settings=fast, env={"ORDER_LOG": str(log),
-                                                       "ORDER_SIDE": name})
-             for name in ("A", "B")]
+    env = {"ORDER_LOG": str(log), **({"ORDER_CALLS": str(calls)} if calls else {})}
+    b = dataclasses.replace(fast, min_samples=samples[0], max_samples=samples[1])
+    sides = [gate.Side(name, tree, settings=settings, env={**env, "ORDER_SIDE": name})
+             for name, settings in (("A", fast), ("B", b))]
     result = gate.run(sides, regex="bench_order", rounds=3, workdir=tmp_path / "work",
                       interleave=interleave)
     lines = [ln.split() for ln in log.read_text().splitlines()]
@@ -562,6 +570,34 @@ def test_case_by_case_rounds_measure_each_case_on_both_sides_back_to_back(tmp_pa
                 assert set(side["cases"]) == {f"bench_order.Order.time_x(name={n})"
                                               for n in "abc"}
                 assert all(len(v["cpu"]) == 3 for v in side["cases"].values())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
+def test_sample_by_sample_rounds_alternate_the_sides_samples_of_each_case(tmp_path):
+    """interleave="sample" (the default): case by case, both sides set the case up and take
+    their warm-up call, then their samples alternate, the side that goes first alternating
+    every pass (A B, B A, ...); a side that wants more samples (B: 5, A: 3) goes on alone.
+    The round files are those the other modes write."""
+    calls = tmp_path / "calls.log"
+    result, order = _order_run(tmp_path, "sample", calls=calls, samples=(5, 5))
+    assert result.interleave == "sample" == gate.cases.DEFAULT_INTERLEAVE
+    assert len(order) == 3 * 3 * 2  # a setup per case, side and round
+    logged = [tuple(ln.split()) for ln in calls.read_text().splitlines()][6:]  # after warm-up
+    per_case = [logged[i:i + 10] for i in range(0, len(logged), 10)]  # 2 warm-ups + 3 + 5
+    assert len(per_case) == 9 and all(len(c) == 10 for c in per_case), logged
+    for k, case in enumerate(per_case):
+        assert len({name for _, name in case}) == 1, case  # one case at a time
+        first = case[0][0]
+        assert [side for side, _ in case[:2]] == [first, "B" if first == "A" else "A"]
+        sampled = [side for side, _ in case[2:]]  # A B | B A | A B, then B's last two alone
+        assert sampled[:6] == (list("ABBAAB") if first == "A" else list("BAABBA")), (k, sampled)
+        assert sampled[6:] == ["B", "B"], (k, sampled)
+    for row in result.rounds:
+        for name, side in row.items():
+            assert set(side["cases"]) == {f"bench_order.Order.time_x(name={n})" for n in "abc"}
+            for value in side["cases"].values():
+                assert len(value["cpu"]) == len(value["samples"]) == (3 if name == "A" else 5)
+                assert len(value["warmup"]) == 1 and value["seconds"] > 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the gate's workers fork per round")
@@ -669,6 +705,18 @@ def test_cli_negative_restart_every_is_one_line_and_exit_2(capsys, command):
     assert gate.main([command, "--restart-every", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --restart-every must be >= 0 (0: never), got -1"]
+
+
+@pytest.mark.parametrize("command", ["regress", "validity", "noise", "versions"])
+def test_cli_unknown_interleave_is_refused_naming_the_choices(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        gate.main([command, "--interleave", "pairs"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("argument --interleave: invalid choice: 'pairs' (choose from "
+                        "'sample', 'case', 'round')"), err
+    with pytest.raises(ValueError, match="interleave must be one of sample, case, round"):
+        gate.run([], interleave="pairs")
 
 
 def test_versions_refuses_a_side_that_is_no_build(capsys):

@@ -145,6 +145,7 @@ def test_settings_key_changes_with_what_shapes_the_measurements():
     assert history.settings_key(gate.Settings(), 10, restart_every=0)[0] != key
     assert history.settings_key(gate.Settings(), 10, restart_every=0) == \
         history.settings_key(gate.Settings(), 10, restart_every=None)  # both: never
+    assert history.settings_key(gate.Settings(), 10, interleave="case")[0] != key
     assert set(described) == {"settings", "rounds", "restart_every", "interleave", "python",
                               "torch", "torchrl", "tensordict", "worker"}
-    assert described["interleave"] == "case"
+    assert described["interleave"] == "sample"

@@ -25,14 +25,14 @@ How a run works (one module per concern)
   own ``harness/``, ``reference_impls/`` *and* ``bench/`` are measured; each round is a child
   forked from the side's server, fresh servers start every 6 rounds (``--restart-every``,
   ``cases.DEFAULT_RESTART_EVERY``: a server can carry an offset of its own), 12 rounds by
-  default (``cases.DEFAULT_ROUNDS``), and within a round the sides take turns case by case (case 1:
-  A then B, case 2: B then A, ...), so the two values of a pair are seconds apart (on this VM
-  the machine's speed drifts on that time scale). ``Run`` is the run file.
+  default (``cases.DEFAULT_ROUNDS``), and within a round, case by case, both sides set the case
+  up, then take their samples in turn (A B, B A, ...), so a pair's samples are one sample
+  apart (on this VM the machine's speed drifts within seconds). ``Run`` is the run file.
 - ``worker``: the server, stdlib only and booted by path (a commit without this package can
   still be measured); per round and case ``setup``, 3 timed warm-up calls (none for a
-  benchmark whose asv ``warmup_time`` is 0: its setup warms up), samples for 0.3 s (5 to 25 of
+  benchmark whose asv ``warmup_time`` is 0: its setup warms up), samples for 0.2 s (5 to 25 of
   them), ``teardown`` (a benchmark's own ``gate_warmup`` / ``gate_samples`` win:
-  bench_training's ``TrainingRun``, one short training run a round); the same-round
+  bench_training's ``TrainingRun``, two short training runs a round); the same-round
   calibration workload between cases. Once warm it freezes its heap (``freeze_heap``): a
   round's garbage collections walk the round's own objects, whatever the server's history. It
   owns the test-only slowdown knob (``RLGAUGE_INJECT_SLOWDOWN``).

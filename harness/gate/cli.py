@@ -34,6 +34,7 @@ from harness.gate.baseline import (
 from harness.gate.cases import (
     DEFAULT_CLOCK,
     DEFAULT_CONFIDENCE,
+    DEFAULT_INTERLEAVE,
     DEFAULT_NORMALISE,
     DEFAULT_RESTART_EVERY,
     DEFAULT_ROUNDS,
@@ -51,6 +52,8 @@ from harness.gate.cases import (
 from harness.gate.compare import REGRESSION, Method, compare, gate_exit_code, markdown
 from harness.gate.noise import NOISE_SIDES, noise_report
 from harness.gate.runner import (
+    INTERLEAVE,
+    INTERLEAVE_WORDS,
     WORKER_PY,
     WORKTREE,
     Run,
@@ -129,7 +132,8 @@ def cmd_regress(args) -> int:
                      Side("head", export_tree(head, workdir / "head"), label=_short(head),
                           settings=_settings(args))]
         result = run(sides, **_selection(args), rounds=args.rounds,
-                     restart_every=args.restart_every, progress=_say, workdir=workdir)
+                     restart_every=args.restart_every, interleave=args.interleave,
+                     progress=_say, workdir=workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.raw:
@@ -164,8 +168,9 @@ def cmd_regress(args) -> int:
                    not_gated=None if args.bench else NOT_GATED)
     restarts = (f"fresh servers every {args.restart_every} rounds"
                 if args.restart_every and args.restart_every < args.rounds else "one server a side")
-    title = (f"## Regression gate: {_short(base)} → {_short(head)}\n\n{args.rounds} interleaved "
-             f"rounds ({restarts}), round value {method}, Hodges-Lehmann "
+    title = (f"## Regression gate: {_short(base)} → {_short(head)}\n\n{args.rounds} rounds "
+             f"{INTERLEAVE_WORDS[result.interleave]} ({restarts}), round value {method}, "
+             f"Hodges-Lehmann "
              f"{args.confidence:.0%} interval, fails on a significant slowdown > "
              f"{args.threshold:.0%}; {minutes}.")
     _emit(markdown(rows, title=title, confidence=args.confidence, base_label=_short(base),
@@ -192,7 +197,7 @@ def cmd_history(args) -> int:
     result = history.history(
         args.history, tip=revs[0] if revs else None, **_selection(args),
         settings=_settings(args), rounds=args.rounds, restart_every=args.restart_every,
-        machine=args.machine,
+        interleave=args.interleave, machine=args.machine,
         method=Method(args.clock, args.stat, args.normalise), threshold=args.threshold,
         confidence=args.confidence, progress=_say)
     _emit(result.markdown(), args.out)
@@ -241,7 +246,8 @@ def cmd_validity(args) -> int:
     result = _measured(args, "validity", lambda tree, tmp: run(
         validity_sides(tree, sizes, settings=_settings(args)),
         **_selection(args, VALIDITY_CASES), rounds=args.blocks * args.rounds,
-        block=args.rounds, restart_every=args.restart_every, progress=_say, workdir=tmp))
+        block=args.rounds, restart_every=args.restart_every, interleave=args.interleave,
+        progress=_say, workdir=tmp))
     text, chosen, met = validity_report(result, block=args.rounds, sizes=sizes,
                                         resamples=args.resamples, command=command)
     out = args.out or ROOT / "results" / "gate" / f"validity-{machine_name()}.md"
@@ -258,7 +264,7 @@ def cmd_noise(args) -> int:
         [Side(n, tree, settings=Settings(threads=s.threads, cpu=s.cpu, budget_s=args.budget))
          for n, s in NOISE_SIDES],
         **_selection(args), rounds=args.rounds, restart_every=args.restart_every,
-        progress=_say, workdir=tmp))
+        interleave=args.interleave, progress=_say, workdir=tmp))
     out = args.out or ROOT / "results" / "gate" / f"noise-{machine_name()}.md"
     _emit(noise_report(result, command=command), out)
     return 0
@@ -290,7 +296,8 @@ def cmd_versions(args) -> int:
                            settings=_settings(args), env={compat.LOG_ENV: str(logs[b.name])})
                       for b in builds]
         result = run(gate_sides, **selection, rounds=args.rounds,
-                     restart_every=args.restart_every, progress=_say, workdir=tmp / "gate")
+                     restart_every=args.restart_every, interleave=args.interleave,
+                     progress=_say, workdir=tmp / "gate")
         adaptations = {b.name: vreport.merge_adaptations(b.adaptations,
                                                          compat.read_log(logs[b.name]))
                        for b in builds}
@@ -380,6 +387,9 @@ def _parser():
                         help="fresh worker processes every N rounds (each process can carry "
                              "an offset of its own; 0: one process per side for the whole "
                              "run; default %(default)s)")
+        sp.add_argument("--interleave", choices=INTERLEAVE, default=DEFAULT_INTERLEAVE,
+                        help="within a round, the sides take turns sample by sample, case by "
+                             "case, or round by round (default %(default)s)")
         sp.add_argument("--budget", type=float, default=Settings.budget_s,
                         help="seconds of samples per case and round (default %(default)s)")
         sp.add_argument("--raw", type=Path, help="also save every measurement (JSON)")

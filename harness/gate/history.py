@@ -66,6 +66,7 @@ from harness.gate.compare import (
     md_table,
 )
 from harness.gate.runner import (
+    INTERLEAVE_WORDS,
     MAIN_REFS,
     TIMING_PY,
     WORKER_PY,
@@ -124,7 +125,8 @@ def first_parent_pairs(n: int, tip: str, repo: Path = ROOT) -> list[tuple[str, s
 
 
 def settings_key(settings: Settings, rounds: int,
-                 restart_every: int | None = DEFAULT_RESTART_EVERY) -> tuple[str, dict]:
+                 restart_every: int | None = DEFAULT_RESTART_EVERY,
+                 interleave: str = DEFAULT_INTERLEAVE) -> tuple[str, dict]:
     """(key, what it hashes): what shapes the raw measurements besides the commit, the case
     and the machine -- the worker's ``Settings``, the rounds and server restarts, this
     interpreter's Python and
@@ -140,7 +142,7 @@ def settings_key(settings: Settings, rounds: int,
     code = hashlib.sha256(WORKER_PY.read_bytes() + TIMING_PY.read_bytes()).hexdigest()[:12]
     described = {"settings": asdict(settings), "rounds": rounds,
                  "restart_every": restart_every or None,
-                 "interleave": DEFAULT_INTERLEAVE, "python": platform.python_version(),
+                 "interleave": interleave, "python": platform.python_version(),
                  **versions, "worker": code}
     text = json.dumps(described, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12], described
@@ -209,6 +211,7 @@ class History:
     threshold: float = DEFAULT_THRESHOLD
     confidence: float = DEFAULT_CONFIDENCE
     seconds: float = 0.0
+    interleave: str = DEFAULT_INTERLEAVE
 
     @property
     def measured_pairs(self) -> int:
@@ -245,7 +248,8 @@ class History:
         reused = len(self.pairs) - self.measured_pairs
         lines = [f"## Step history: the last {len(self.pairs)} commit(s) of {self.tip} "
                  f"(first-parent), each against its parent", "",
-                 f"{self.rounds} interleaved rounds per pair, round value {self.method}, "
+                 f"{self.rounds} rounds per pair, {INTERLEAVE_WORDS[self.interleave]}, "
+                 f"round value {self.method}, "
                  f"Hodges-Lehmann {self.confidence:.0%} interval; a step is a significant "
                  f"change beyond {self.threshold:.0%} (REGRESSION or improved). Machine "
                  f"`{self.machine}`, settings key `{self.key}`: {self.measured_pairs} pair(s) "
@@ -295,7 +299,7 @@ def _rows(stored: Sequence[Stored], cases: Sequence[str] | None, regex: str | No
 
 
 def _measure_pair(parent: str, commit: str, *, cases, regex, settings: Settings, rounds: int,
-                  restart_every: int | None, repo: Path, progress) -> Run:
+                  restart_every: int | None, interleave: str, repo: Path, progress) -> Run:
     with tempfile.TemporaryDirectory(prefix="rlgauge-gate-history-") as tmp:
         work = Path(tmp)
         sides = [Side("base", export_tree(parent, work / "base", repo), label=parent[:10],
@@ -303,13 +307,14 @@ def _measure_pair(parent: str, commit: str, *, cases, regex, settings: Settings,
                  Side("head", export_tree(commit, work / "head", repo), label=commit[:10],
                       settings=settings)]
         return run(sides, cases=cases, regex=regex, rounds=rounds,
-                   restart_every=restart_every, progress=progress, workdir=work)
+                   restart_every=restart_every, interleave=interleave, progress=progress,
+                   workdir=work)
 
 
 def history(n: int, *, tip: str | None = None, cases: Sequence[str] | None = GATE_CASES,
             regex: str | None = None, settings: Settings | None = None,
             rounds: int = DEFAULT_ROUNDS, restart_every: int | None = DEFAULT_RESTART_EVERY,
-            machine: str | None = None, store: Path = STORE,
+            interleave: str = DEFAULT_INTERLEAVE, machine: str | None = None, store: Path = STORE,
             repo: Path = ROOT, method: Method | None = None,
             threshold: float = DEFAULT_THRESHOLD, confidence: float = DEFAULT_CONFIDENCE,
             progress: Callable[[str], None] | None = None) -> History:
@@ -323,14 +328,15 @@ def history(n: int, *, tip: str | None = None, cases: Sequence[str] | None = GAT
     pairs = first_parent_pairs(n, tip, repo)
     if rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {rounds}")
-    key, described = settings_key(settings, rounds, restart_every)
+    key, described = settings_key(settings, rounds, restart_every, interleave)
     machine = machine or machine_name()
     requested = {"regex": regex} if regex else {"cases": list(cases or ())}
     selection = hashlib.sha256(json.dumps(requested, sort_keys=True).encode()).hexdigest()[:8]
     compare_kw = {"threshold": threshold, "confidence": confidence, **method.kw(),
                   "not_gated": None if regex else NOT_GATED}
     t0 = time.perf_counter()
-    out = History(tip, [], machine, key, store, rounds, method, threshold, confidence)
+    out = History(tip, [], machine, key, store, rounds, method, threshold, confidence,
+                  interleave=interleave)
     for i, (commit, parent, subject) in enumerate(pairs, 1):
         directory = store / _safe(machine) / commit / key
         stored = load_pair(directory)
@@ -345,7 +351,8 @@ def history(n: int, *, tip: str | None = None, cases: Sequence[str] | None = GAT
                 f"against its parent {parent[:10]}")
             result = _measure_pair(parent, commit, cases=None if regex else todo,
                                    regex=regex, settings=settings, rounds=rounds,
-                                   restart_every=restart_every, repo=repo,
+                                   restart_every=restart_every, interleave=interleave,
+                                   repo=repo,
                                    progress=say)
             for side, sha in zip(result.sides, (parent, commit), strict=True):
                 side["commit"] = sha

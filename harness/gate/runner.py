@@ -9,11 +9,13 @@
   ``setup_cache`` once (pickled and shared by the run's servers, as asv shares it per
   environment and commit) and warms every case; each round is a child forked from it, which
   costs milliseconds where a fresh interpreter costs seconds of imports.
-- Rounds are interleaved case by case by default (``_case_round``: within a round, each case
-  is measured by one side, then the other, A B then B A, so a pair's two values are seconds
-  apart), or side by side (``interleave="round"``: ``side_order``, A B, B A, ..., each side
-  measuring all its cases in turn); either way every side takes every position equally often
-  and a linear drift cancels in pairs; ``restart_every`` starts fresh servers (a new job)
+- Rounds are interleaved sample by sample by default (``_case_round`` with ``_sample_case``:
+  within a round, case by case, each side sets the case up and warms it, then the sides take
+  one sample each in turn, A B, B A, ..., so a pair's samples are one sample apart), case by
+  case (``interleave="case"``: each side measures the whole case in turn, seconds apart), or
+  side by side (``interleave="round"``: ``side_order``, A B, B A, ..., each side measuring all
+  its cases in turn); either way every side takes every position equally often and a linear
+  drift cancels in pairs; ``restart_every`` starts fresh servers (a new job)
   every so many rounds (``DEFAULT_RESTART_EVERY``: a server can carry an offset of its own,
   which fresh generations average out; with the setup_cache pickles a restart of both
   servers takes ~10 s in `nox -s regress`).
@@ -232,8 +234,26 @@ class _Server:
 
     def case(self, case: str, timeout: float) -> str | None:
         """Measure ``case`` in the open round; None, or the error (the round's process died)."""
-        msg = self._ask({"op": "case", "case": case}, timeout)
-        return None if msg.get("ok") else msg.get("error", "case failed")
+        return self._case_op("case", case, timeout)[0]
+
+    def begin(self, case: str, timeout: float) -> tuple[str | None, bool]:
+        """Set ``case`` up and warm it in the open round: (the error or None, whether it needs
+        no samples: not a case of this side's, or its setup failed or skipped)."""
+        return self._case_op("begin", case, timeout)
+
+    def sample(self, case: str, timeout: float) -> tuple[str | None, bool]:
+        """One more sample of the begun ``case``: (the error or None, whether it has all)."""
+        return self._case_op("sample", case, timeout)
+
+    def end(self, case: str, timeout: float) -> str | None:
+        """teardown of the begun ``case``; its result goes into the round's file."""
+        return self._case_op("end", case, timeout)[0]
+
+    def _case_op(self, op: str, case: str, timeout: float) -> tuple[str | None, bool]:
+        msg = self._ask({"op": op, "case": case}, timeout)
+        if not msg.get("ok"):
+            return msg.get("error", f"{op} failed"), True
+        return None, bool(msg.get("done", True))
 
     def close_round(self, index: int, timeout: float, error: str | None = None) -> dict:
         """End the open round: its file, or ``{"round", "error"}`` when it failed."""
@@ -275,26 +295,59 @@ def side_order(n_sides: int, index: int) -> list[int]:
     return [(j + index) % n_sides for j in range(n_sides)]
 
 
-INTERLEAVE = ("case", "round")
+INTERLEAVE = ("sample", "case", "round")
+#: how a report says it
+INTERLEAVE_WORDS = {"sample": "interleaved sample by sample", "case": "interleaved case by case",
+                    "round": "interleaved round by round"}
 
 
-def _case_round(servers: Sequence[_Server], index: int, timeout: float) -> dict:
+def _case_round(servers: Sequence[_Server], index: int, timeout: float,
+                by_sample: bool = False) -> dict:
     """One round driven case by case: every case of the union of the sides' cases, in an
     order rotated by ``index``, each measured by every side in turn (``side_order`` rotated
     by the round and the case's position: A B, B A, ...), so the two values of a pair are
     taken seconds apart. On this VM the machine's speed drifts on that time scale: the A/A
     residuals of different cases correlate 0.46 when measured < 2 s apart, 0.21 at 10-20 s
-    (a round apart) and 0 beyond 40 s (results/gate/validity-vm-21cases.md's raw rounds)."""
+    (a round apart) and 0 beyond 40 s (results/gate/validity-vm-21cases.md's raw rounds).
+    ``by_sample`` (``interleave="sample"``): the sides set the case up and warm it one after
+    the other, then take their samples in turn (``_sample_case``), so a pair's samples are
+    one sample apart."""
     every = sorted({c for s in servers for c in s.info["cases"]})
     shift = index % max(1, len(every))
     order = every[shift:] + every[:shift]
     errors = {s.side.name: s.open_round(index, timeout) for s in servers}
     for k, case in enumerate(order):
-        for j in side_order(len(servers), index + k):
-            server = servers[j]
-            if errors[server.side.name] is None and case in server.info["cases"]:
+        sides = [servers[j] for j in side_order(len(servers), index + k)
+                 if errors[servers[j].side.name] is None and case in servers[j].info["cases"]]
+        if by_sample:
+            _sample_case(sides, case, errors, timeout)
+        else:
+            for server in sides:
                 errors[server.side.name] = server.case(case, timeout)
     return {s.side.name: s.close_round(index, timeout, errors[s.side.name]) for s in servers}
+
+
+def _sample_case(sides: Sequence[_Server], case: str, errors: dict, timeout: float) -> None:
+    """``case`` measured by ``sides`` sample by sample: each sets it up and warms it (in the
+    given order), then one sample each, the order rotating every pass (A B, B A, ...), each
+    side until it has its samples (its own budget, as when it measures the case alone), then
+    each side's teardown. A side whose round process dies gets its error in ``errors``."""
+    sampling = []
+    for server in sides:
+        errors[server.side.name], done = server.begin(case, timeout)
+        if errors[server.side.name] is None and not done:
+            sampling.append(server)
+    turn = 0
+    while sampling:
+        shift = turn % len(sampling)
+        for server in sampling[shift:] + sampling[:shift]:
+            errors[server.side.name], done = server.sample(case, timeout)
+            if done:
+                sampling.remove(server)
+        turn += 1
+    for server in sides:
+        if errors[server.side.name] is None:
+            errors[server.side.name] = server.end(case, timeout)
 
 
 # --------------------------------------------------------------------------- the run
@@ -349,8 +402,9 @@ def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str
     """Measure ``sides`` in ``rounds`` interleaved rounds; every side's servers are restarted
     every ``restart_every`` rounds (a fresh process, as a new job; 0 or None: never) and, with
     ``block``, at the start of every block of that many rounds (the validity study's
-    independent gate runs), counting within the block. ``interleave``: ``case``
-    (each case measured by every side in turn within the round: ``_case_round``) or ``round``
+    independent gate runs), counting within the block. ``interleave``: ``sample`` (within
+    the round, case by case, the sides' samples of the case in turn: ``_sample_case``),
+    ``case`` (each case measured whole by every side in turn: ``_case_round``) or ``round``
     (each side measures the whole round in turn, ``side_order``)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -390,8 +444,8 @@ def run(sides: Sequence[Side], *, cases: Sequence[str] | None = None, regex: str
                 for server in servers:  # started together: they import in parallel
                     out.info[server.side.name] = server.wait_ready(ready_timeout)
                 generation += 1
-            if interleave == "case":
-                row = _case_round(servers, index, round_timeout)
+            if interleave in ("sample", "case"):
+                row = _case_round(servers, index, round_timeout, interleave == "sample")
             else:
                 row = {sides[j].name: servers[j].round(index, round_timeout)
                        for j in side_order(len(sides), index)}

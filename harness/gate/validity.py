@@ -39,7 +39,7 @@ from harness.gate.compare import (
     side_values,
     verdict,
 )
-from harness.gate.runner import Run, Side
+from harness.gate.runner import INTERLEAVE_WORDS, Run, Side
 from harness.gate.stats import hodges_lehmann, wilson
 from harness.provenance import machine_name
 
@@ -321,8 +321,9 @@ def validity_report(run_: Run, *, block: int, sizes: Sequence[float] = VALIDITY_
     L = [f"# Regression gate validity: machine `{machine_name()}`", "",
          f"Measured with `{command}`." if command else "", "",
          "## Conditions", "", *conditions(run_),
-         f"- {len(run_.rounds)} interleaved rounds of the sides "
-         f"{', '.join(run_.side_names())} (A and A' are the same checkout; `+x%` injects x% "
+         f"- {len(run_.rounds)} rounds of the sides {', '.join(run_.side_names())}, "
+         f"{INTERLEAVE_WORDS.get(run_.interleave, run_.interleave)} "
+         f"(A and A' are the same checkout; `+x%` injects x% "
          f"extra work per call through `RLGAUGE_INJECT_SLOWDOWN`, harness/gate/worker.py); "
          f"workers restarted at the start of every block of {block} rounds"
          f"{within}, so each block is an independent gate run (fresh processes): "

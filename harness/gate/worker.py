@@ -16,10 +16,12 @@ to the runner over a pipe (one JSON line per event) and writes each round to a J
 - ``round``: per command, a child forked from the server measures every case once: ``setup``,
   timed warm-up calls, samples for the budget, ``teardown``; the calibration workload runs
   between cases; the cases' order rotates with the round.
-- ``open`` / ``case`` / ``close``: the same round driven case by case (the runner's default,
-  ``interleave="case"``): ``open`` forks the round's child, each ``case`` (relayed by the
-  server, which answers for a child that died) measures one case, ``close`` writes the round
-  file in the format ``round`` writes.
+- ``open`` / ``case`` / ``close``: the same round driven case by case (``interleave="case"``):
+  ``open`` forks the round's child, each ``case`` (relayed by the server, which answers for a
+  child that died) measures one case, ``close`` writes the round file in the format ``round``
+  writes. ``begin`` / ``sample`` / ``end`` split a case into its stages (``_Measurement``:
+  setup and warm-up, one sample, teardown) so the runner can alternate the sides' samples (the
+  default, ``interleave="sample"``); each side still stops at its own budget.
 - A benchmark may set ``gate_warmup`` (warm-up calls per round) and ``gate_samples`` (exactly
   that many samples per round, whatever the budget) on its class or method: for a call too
   costly for the defaults (``bench_training.TrainingRun``: one training run per round). One
@@ -47,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUPPORTED = ("time_", "track_")  # peakmem_/mem_/timeraw_ need asv's process model: not gated
+#: the commands of an open round, which the server relays to the round's child
+ROUND_OPS = ("case", "begin", "sample", "end", "close")
 #: TEST ONLY: ``REGEX=FRACTION;...`` injects extra CPU work per call into the matching cases
 INJECT_SLOWDOWN_ENV = "RLGAUGE_INJECT_SLOWDOWN"
 
@@ -58,7 +62,7 @@ class Settings:
     threads: int | None = 1  # torch threads (and OMP/MKL); None: torch's default
     cpu: int | None = -1  # pin to this CPU (-1: the last one allowed); None: no affinity
     warmup: int = 3  # timed warm-up calls per case and round (kept apart from the samples)
-    budget_s: float = 0.3  # seconds of samples per case and round ...
+    budget_s: float = 0.2  # seconds of samples per case and round ...
     min_samples: int = 5  # ... but at least this many
     max_samples: int = 25  # ... and at most this many
     track_calls: int = 3  # calls of a track_* method per round (median taken)
@@ -320,7 +324,9 @@ class _Worker:
         self.caches: dict = {}
         self.inject = bool(os.environ.get(INJECT_SLOWDOWN_ENV))
         for case in list(self.cases):  # warm the server: lazy imports, kernels, caches
-            outcome = self._measure(case, warm_only=True)
+            warm = _Measurement(self, case)
+            warm.start(warm_only=True)
+            outcome = warm.finish()
             if "skipped" in outcome or "error" in outcome:
                 self.cases.remove(case)
                 (self.skipped if "skipped" in outcome else self.errors)[case.id] = \
@@ -368,60 +374,6 @@ class _Worker:
             cpu.append(time.process_time() - p0)
             wall.append(time.perf_counter() - t0)
 
-    def _measure(self, case: _Case, warm_only: bool = False) -> dict:
-        s = self.settings
-        inst, args = None, case.params
-        try:
-            cache = self._cache(case)
-            args = ((cache,) if cache is not None else ()) + case.params
-            inst = case.cls() if case.cls is not None else None
-            if inst is not None and hasattr(inst, "setup"):
-                inst.setup(*args)
-            elif case.cls is None and hasattr(case.func, "setup"):
-                case.func.setup(*args)
-        except NotImplementedError as exc:
-            with contextlib.suppress(Exception):
-                inst.teardown(*args)
-            return {"skipped": str(exc) or "NotImplementedError in setup"}
-        except Exception as exc:
-            return {"error": f"setup: {type(exc).__name__}: {exc}"}
-        fn = getattr(inst, case.method) if inst is not None else case.func
-        call = lambda: fn(*args)  # noqa: E731
-        try:
-            if warm_only:
-                call()
-                return {}
-            if case.kind == "track":
-                values = [float(call()) for _ in range(s.track_calls)]
-                return {"samples": values, "track": True}
-            warm, warm_cpu = [], []
-            for _ in range(s.warmup if case.warmup is None else case.warmup):
-                w0, c0, p0 = time.perf_counter(), case.timer(), time.process_time()
-                call()
-                p1, c1, w1 = time.process_time(), case.timer(), time.perf_counter()
-                warm.append(c1 - c0)
-                warm_cpu.append((p1 - p0) * (c1 - c0) / (w1 - w0) if w1 > w0 else 0.0)
-            if self.inject:  # the test-only knob (RLGAUGE_INJECT_SLOWDOWN)
-                call = slowed_down(case.id, call)
-            if case.samples:  # the benchmark's own count (a costly call: a training run)
-                sampling = {"repeat": case.samples, "max_time": None}
-            else:
-                sampling = {"repeat": s.max_samples, "max_time": s.budget_s,
-                            "min_repeat": s.min_samples}
-            t = self.timing.measure(call, number=case.number, warmup=0, timer=case.timer,
-                                    cpu=True, **sampling)
-            out = {"samples": list(t.samples), "cpu": list(t.cpu_samples), "warmup": warm,
-                   "warmup_cpu": warm_cpu}
-            if hasattr(call, "iterations"):
-                out["injected_iterations"] = statistics.median(call.iterations)
-            return out
-        except Exception as exc:
-            return {"error": f"{type(exc).__name__}: {exc}"}
-        finally:
-            with contextlib.suppress(Exception):
-                if inst is not None and hasattr(inst, "teardown"):
-                    inst.teardown(*args)
-
     def _start_round(self, index: int) -> tuple[dict, list[float], list[float]]:
         if self.settings.threads is not None:  # closing a SerialEnv resets torch's count
             import torch
@@ -430,11 +382,25 @@ class _Worker:
         return ({"round": index, "started": time.time(), "loadavg": os.getloadavg(),
                  "cases": {}}, [], [])
 
-    def _measure_into(self, result: dict, wall: list, cpu: list, case: _Case) -> None:
+    def _begin(self, wall: list, cpu: list, case: _Case) -> _Measurement:
+        """The calibration workload, then ``case``'s setup and warm-up."""
         self._calibrate(wall, cpu)
-        t0 = time.perf_counter()
-        result["cases"][case.id] = self._measure(case)
-        result["cases"][case.id]["seconds"] = time.perf_counter() - t0  # setup included
+        measurement = _Measurement(self, case)
+        measurement.start()
+        return measurement
+
+    @staticmethod
+    def _end(result: dict, measurement: _Measurement) -> None:
+        """teardown; the case's result into the round's, with the seconds its stages took."""
+        out = measurement.finish()
+        result["cases"][measurement.case.id] = {**out, "seconds": measurement.seconds}
+
+    def _measure_into(self, result: dict, wall: list, cpu: list, case: _Case) -> None:
+        """``case`` measured whole: setup, warm-up, samples for the budget, teardown."""
+        measurement = self._begin(wall, cpu, case)
+        while not measurement.sample():
+            pass
+        self._end(result, measurement)
 
     def _finish_round(self, result: dict, wall: list, cpu: list) -> dict:
         self._calibrate(wall, cpu)
@@ -457,6 +423,7 @@ class _Worker:
         file, in the format ``round`` writes."""
         by_id = {c.id: c for c in self.cases}
         result, wall, cpu = self._start_round(index)
+        started: dict[str, _Measurement] = {}  # cases begun, sample by sample
         for line in commands:
             cmd = json.loads(line)
             if cmd["op"] == "case":
@@ -465,6 +432,22 @@ class _Worker:
                     self._measure_into(result, wall, cpu, case)
                 answers.write(json.dumps({"event": "case", "ok": True,
                                           "measured": case is not None}) + "\n")
+            elif cmd["op"] == "begin":
+                case = by_id.get(cmd["case"])
+                if case is not None:
+                    started[case.id] = self._begin(wall, cpu, case)
+                answers.write(json.dumps({"event": "begin", "ok": True,
+                                          "measured": case is not None,
+                                          "done": case is None or started[case.id].done()})
+                              + "\n")
+            elif cmd["op"] == "sample":
+                measurement = started.get(cmd["case"])
+                done = measurement is None or measurement.sample()
+                answers.write(json.dumps({"event": "sample", "ok": True, "done": done}) + "\n")
+            elif cmd["op"] == "end":
+                if cmd["case"] in started:
+                    self._end(result, started.pop(cmd["case"]))
+                answers.write(json.dumps({"event": "end", "ok": True}) + "\n")
             elif cmd["op"] == "close":
                 _write_json(Path(cmd["out"]), self._finish_round(result, wall, cpu))
                 answers.write(json.dumps({"event": "done", "ok": True}) + "\n")
@@ -505,7 +488,7 @@ class _Worker:
                 if child:
                     end_child()
                 return
-            if cmd["op"] in ("case", "close"):  # relayed to the round's child
+            if cmd["op"] in ROUND_OPS:  # relayed to the round's child
                 answer = None
                 if child:
                     with contextlib.suppress(OSError):
@@ -515,8 +498,8 @@ class _Worker:
                 if not answer:  # no round open, or its child died (a crash in a benchmark)
                     why = end_child() if child else "no round open"
                     child = None
-                    answer = json.dumps({"event": "done" if cmd["op"] == "close" else "case",
-                                         "ok": False, "error": why}) + "\n"
+                    event = "done" if cmd["op"] == "close" else cmd["op"]
+                    answer = json.dumps({"event": event, "ok": False, "error": why}) + "\n"
                 elif cmd["op"] == "close":
                     end_child()
                     child = None
@@ -548,6 +531,137 @@ class _Worker:
                     ok = False
             reply.write(json.dumps({"event": "done", "ok": ok}) + "\n")
             reply.flush()
+
+
+class _Measurement:
+    """One case measured in one round, in stages: ``start`` (setup, timed warm-up calls),
+    ``sample`` (one sample; True once the case has its samples: ``gate_samples``, else the
+    budget of the side's own sample time, between ``min_samples`` and ``max_samples``),
+    ``finish`` (teardown; the case's result). ``_Worker._measure_into`` runs the stages back
+    to back; a round interleaved sample by sample (``interleave="sample"``) runs them on the
+    runner's command, so the sides' samples of a case alternate."""
+
+    def __init__(self, worker: _Worker, case: _Case):
+        self.worker, self.case = worker, case
+        self.inst, self.args, self.call = None, case.params, None
+        self.out: dict = {}
+        self.samples: list[float] = []
+        self.cpu: list[float] = []
+        self.sampled_s = 0.0  # wall time of this side's own samples (the budget)
+        self.seconds = 0.0  # wall time of every stage, setup and teardown included
+        self.iterations: list[int] = []
+
+    @contextlib.contextmanager
+    def _stage(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def start(self, warm_only: bool = False) -> bool:
+        """setup and warm-up; False (the result says why) when the case cannot be measured."""
+        with self._stage():
+            return self._start(warm_only)
+
+    def _start(self, warm_only: bool) -> bool:
+        case, s = self.case, self.worker.settings
+        try:
+            cache = self.worker._cache(case)
+            self.args = ((cache,) if cache is not None else ()) + case.params
+            self.inst = case.cls() if case.cls is not None else None
+            if self.inst is not None and hasattr(self.inst, "setup"):
+                self.inst.setup(*self.args)
+            elif case.cls is None and hasattr(case.func, "setup"):
+                case.func.setup(*self.args)
+        except NotImplementedError as exc:
+            self._teardown()
+            self.inst = None
+            self.out = {"skipped": str(exc) or "NotImplementedError in setup"}
+            return False
+        except Exception as exc:
+            self.inst = None  # no teardown after a failed setup (asv's rule too)
+            self.out = {"error": f"setup: {type(exc).__name__}: {exc}"}
+            return False
+        fn = getattr(self.inst, case.method) if self.inst is not None else case.func
+        self.call = lambda: fn(*self.args)
+        return self._guard(lambda: self._warm(warm_only, s))
+
+    def _warm(self, warm_only: bool, s: Settings) -> None:
+        case = self.case
+        if warm_only:
+            self.call()
+            return
+        if case.kind == "track":
+            self.out = {"samples": self.samples, "track": True}
+            return
+        warm, warm_cpu = [], []
+        for _ in range(s.warmup if case.warmup is None else case.warmup):
+            w0, c0, p0 = time.perf_counter(), case.timer(), time.process_time()
+            self.call()
+            p1, c1, w1 = time.process_time(), case.timer(), time.perf_counter()
+            warm.append(c1 - c0)
+            warm_cpu.append((p1 - p0) * (c1 - c0) / (w1 - w0) if w1 > w0 else 0.0)
+        if self.worker.inject:  # the test-only knob (RLGAUGE_INJECT_SLOWDOWN)
+            self.call = slowed_down(case.id, self.call)
+        self.out = {"samples": self.samples, "cpu": self.cpu, "warmup": warm,
+                    "warmup_cpu": warm_cpu}
+
+    def _guard(self, stage: Callable[[], None]) -> bool:
+        """Run ``stage``; False, with the error as the case's result, when it raised."""
+        try:
+            stage()
+            return True
+        except Exception as exc:
+            self.out = {"error": f"{type(exc).__name__}: {exc}"}
+            self.call = None
+            return False
+
+    def done(self) -> bool:
+        """Whether the case has all its samples (or cannot take more)."""
+        s, n = self.worker.settings, len(self.samples)
+        if self.call is None or "error" in self.out:
+            return True
+        if self.case.kind == "track":
+            return n >= s.track_calls
+        if self.case.samples:  # the benchmark's own count (a costly call: a training run)
+            return n >= self.case.samples
+        return n >= s.max_samples or (n >= s.min_samples and self.sampled_s > s.budget_s)
+
+    def sample(self) -> bool:
+        """One more sample (a track_* call's value, or a timed sample of ``number`` calls, with
+        its process CPU time, by ``harness.timing.measure``); whether the case is now done."""
+        if not self.done():
+            with self._stage():
+                self._guard(self._one)
+        return self.done()
+
+    def _one(self) -> None:
+        if self.case.kind == "track":
+            self.samples.append(float(self.call()))
+            return
+        w0 = time.perf_counter()
+        t = self.worker.timing.measure(self.call, number=self.case.number, warmup=0,
+                                       timer=self.case.timer, cpu=True, repeat=1)
+        self.sampled_s += time.perf_counter() - w0
+        self.samples.extend(t.samples)
+        self.cpu.extend(t.cpu_samples)
+        if hasattr(self.call, "iterations"):
+            self.iterations = self.call.iterations
+
+    def finish(self) -> dict:
+        """teardown; the case's result (``samples`` and ``cpu`` per sample, ``warmup`` and
+        ``warmup_cpu``; a track_* case's values; or ``skipped`` / ``error``)."""
+        with self._stage():
+            self._teardown()
+        if self.iterations and "error" not in self.out:
+            self.out["injected_iterations"] = statistics.median(self.iterations)
+        return self.out
+
+    def _teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.inst is not None and hasattr(self.inst, "teardown"):
+                self.inst.teardown(*self.args)
 
 
 def _fork(work: Callable[[], None]) -> int:
