@@ -9,7 +9,7 @@ the shares, which are informational.
 ``TrainingRun`` times one whole short run per call, each algorithm past its warm-up (a few
 updates' worth of frames, hyper-parameters cut so that a call costs 0.2-0.4 s): the regression
 gate's training case (a value per round, where ``Training`` has one per asv run). It declares
-``gate_warmup = 0`` and ``gate_samples = 2``, which the gate's worker honours: two calls per
+``gate_warmup = 0`` and ``gate_samples = 1``, which the gate's worker honours: one call per
 round, the server already warm.
 
 ``PPOCollection`` measures, in the same process and interleaved, a bare torchrl ``Collector``
@@ -137,10 +137,10 @@ class TrainingRun(RLBenchmark):
     rounds = 1
     warmup_time = 0
     gate_warmup = 0  # the gate's worker: no warm-up call in the round (the server is warm) ...
-    #: ... and two calls per round (the round's value is their minimum): with one call a slow
-    #: spell went whole into the round (recurrent DQN, validity run 10: +0.08-0.17 s on one
-    #: side in 4 of 72 rounds, +10% caught in 92.7% of runs)
-    gate_samples = 2
+    #: ... and one call per round: 5 algorithms x 2 sides x 12 rounds ~ 30 s. A slow spell
+    #: goes whole into that round (recurrent DQN, validity run 10: +0.08-0.17 s on one side in 4
+    #: of 72 rounds); two calls a round (their minimum) took `nox -s regress` to 4 min 47 s
+    gate_samples = 1
 
     def setup(self, algorithm):
         super().setup("cpu")

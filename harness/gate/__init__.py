@@ -30,9 +30,9 @@ How a run works (one module per concern)
   apart (on this VM the machine's speed drifts within seconds). ``Run`` is the run file.
 - ``worker``: the server, stdlib only and booted by path (a commit without this package can
   still be measured); per round and case ``setup``, 3 timed warm-up calls (none for a
-  benchmark whose asv ``warmup_time`` is 0: its setup warms up), samples for 0.2 s (5 to 25 of
+  benchmark whose asv ``warmup_time`` is 0: its setup warms up), samples for 0.3 s (5 to 25 of
   them), ``teardown`` (a benchmark's own ``gate_warmup`` / ``gate_samples`` win:
-  bench_training's ``TrainingRun``, two short training runs a round); the same-round
+  bench_training's ``TrainingRun``, one short training run a round); the same-round
   calibration workload between cases. Once warm it freezes its heap (``freeze_heap``): a
   round's garbage collections walk the round's own objects, whatever the server's history. It
   owns the test-only slowdown knob (``RLGAUGE_INJECT_SLOWDOWN``).

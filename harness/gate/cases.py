@@ -73,9 +73,9 @@ GATE_CASES = (
     # recipes: the pixel pipeline's step (render, ToTensorImage, GrayScale, Resize, ...), the
     # heaviest collector workload of the suite
     "bench_recipes.PixelStep.time_steps(device=cpu, impl=recipe)",
-    # training throughput of every reference algorithm: two short runs past its warm-up per
-    # round (bench_training.TrainingRun; its gate_warmup/gate_samples ask for two calls a
-    # round, 0.2-0.4 s each); Training's once-per-run values (setup_cache) give no interval
+    # training throughput of every reference algorithm: one short run past its warm-up per
+    # round (bench_training.TrainingRun; its gate_warmup/gate_samples ask for one call a round,
+    # 0.2-0.4 s each); Training's once-per-run values (setup_cache) give no interval
     "bench_training.TrainingRun.time_run(algorithm=ppo)",
     "bench_training.TrainingRun.time_run(algorithm=dqn)",
     "bench_training.TrainingRun.time_run(algorithm=ddpg)",

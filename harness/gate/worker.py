@@ -62,7 +62,7 @@ class Settings:
     threads: int | None = 1  # torch threads (and OMP/MKL); None: torch's default
     cpu: int | None = -1  # pin to this CPU (-1: the last one allowed); None: no affinity
     warmup: int = 3  # timed warm-up calls per case and round (kept apart from the samples)
-    budget_s: float = 0.2  # seconds of samples per case and round ...
+    budget_s: float = 0.3  # seconds of samples per case and round ...
     min_samples: int = 5  # ... but at least this many
     max_samples: int = 25  # ... and at most this many
     track_calls: int = 3  # calls of a track_* method per round (median taken)
