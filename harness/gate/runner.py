@@ -339,8 +339,7 @@ def _sample_case(sides: Sequence[_Server], case: str, errors: dict, timeout: flo
             sampling.append(server)
     turn = 0
     while sampling:
-        shift = turn % len(sampling)
-        for server in sampling[shift:] + sampling[:shift]:
+        for server in [sampling[j] for j in side_order(len(sampling), turn)]:
             errors[server.side.name], done = server.sample(case, timeout)
             if done:
                 sampling.remove(server)

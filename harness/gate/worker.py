@@ -549,7 +549,6 @@ class _Measurement:
         self.cpu: list[float] = []
         self.sampled_s = 0.0  # wall time of this side's own samples (the budget)
         self.seconds = 0.0  # wall time of every stage, setup and teardown included
-        self.iterations: list[int] = []
 
     @contextlib.contextmanager
     def _stage(self):
@@ -565,7 +564,7 @@ class _Measurement:
             return self._start(warm_only)
 
     def _start(self, warm_only: bool) -> bool:
-        case, s = self.case, self.worker.settings
+        case = self.case
         try:
             cache = self.worker._cache(case)
             self.args = ((cache,) if cache is not None else ()) + case.params
@@ -585,10 +584,10 @@ class _Measurement:
             return False
         fn = getattr(self.inst, case.method) if self.inst is not None else case.func
         self.call = lambda: fn(*self.args)
-        return self._guard(lambda: self._warm(warm_only, s))
+        return self._guard(lambda: self._warm(warm_only))
 
-    def _warm(self, warm_only: bool, s: Settings) -> None:
-        case = self.case
+    def _warm(self, warm_only: bool) -> None:
+        case, s = self.case, self.worker.settings
         if warm_only:
             self.call()
             return
@@ -620,7 +619,7 @@ class _Measurement:
     def done(self) -> bool:
         """Whether the case has all its samples (or cannot take more)."""
         s, n = self.worker.settings, len(self.samples)
-        if self.call is None or "error" in self.out:
+        if self.call is None:  # setup skipped or failed, or a call raised (``_guard``)
             return True
         if self.case.kind == "track":
             return n >= s.track_calls
@@ -646,16 +645,15 @@ class _Measurement:
         self.sampled_s += time.perf_counter() - w0
         self.samples.extend(t.samples)
         self.cpu.extend(t.cpu_samples)
-        if hasattr(self.call, "iterations"):
-            self.iterations = self.call.iterations
 
     def finish(self) -> dict:
         """teardown; the case's result (``samples`` and ``cpu`` per sample, ``warmup`` and
         ``warmup_cpu``; a track_* case's values; or ``skipped`` / ``error``)."""
         with self._stage():
             self._teardown()
-        if self.iterations and "error" not in self.out:
-            self.out["injected_iterations"] = statistics.median(self.iterations)
+        iterations = getattr(self.call, "iterations", None)  # the slowdown knob's, if any
+        if iterations:  # no call after an error: nothing injected to report
+            self.out["injected_iterations"] = statistics.median(iterations)
         return self.out
 
     def _teardown(self) -> None:
